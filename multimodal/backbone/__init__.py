@@ -1,0 +1,1 @@
+"""backbone subpackage of multimodal."""

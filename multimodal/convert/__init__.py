@@ -1,0 +1,1 @@
+"""convert subpackage of multimodal."""

@@ -1,0 +1,1 @@
+"""decoders subpackage of multimodal."""

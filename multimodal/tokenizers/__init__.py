@@ -1,0 +1,1 @@
+"""tokenizers subpackage of multimodal."""
