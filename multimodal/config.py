@@ -242,6 +242,12 @@ def default_v4_layer_types(n: int) -> list[str]:
     return (["heavily_compressed_attention"] * min(n, 2) + rest)[:n]
 
 
+def flash_layer_types(n: int) -> list[str]:
+    """V4-Flash: two sliding-window layers, then CSA (ratio 4) and HCA (ratio 128) alternating."""
+    rest = ["compressed_sparse_attention" if i % 2 == 0 else "heavily_compressed_attention" for i in range(max(n - 2, 0))]
+    return (["sliding_attention"] * min(n, 2) + rest)[:n]
+
+
 # --------------------------------------------------------------------------------------------------------- presets
 def _v3(dsa: bool) -> BackboneConfig:
     n = 61
@@ -266,7 +272,8 @@ def _v4(pro: bool) -> BackboneConfig:
     n = 61 if pro else 43
     return BackboneConfig(
         vocab_size=129280, hidden_size=7168 if pro else 4096, num_hidden_layers=n,
-        layer_types=default_v4_layer_types(n), mlp_layer_types=["hash_moe"] * 3 + ["moe"] * (n - 3),
+        layer_types=default_v4_layer_types(n) if pro else flash_layer_types(n),
+        mlp_layer_types=["hash_moe"] * 3 + ["moe"] * (n - 3),
         max_position_embeddings=1048576, num_nextn_predict_layers=1,
         attention=AttentionConfig(
             num_attention_heads=128 if pro else 64, head_dim=512, q_lora_rank=1536 if pro else 1024,

@@ -127,8 +127,7 @@ class V4Attention(nn.Module):
                 else:
                     entry_bias = self._selection_bias(top, entries.shape[1])
             else:
-                entry_bias = self._causal_entry_bias(ctx.positions, entries.shape[1], q.dtype) if s > 1 else \
-                    bias.new_zeros(b, 1, s, entries.shape[1])
+                entry_bias = self._causal_entry_bias(ctx.positions, entries.shape[1], q.dtype)
             keys = torch.cat([keys, entries], dim=1)
             bias = torch.cat([bias, entry_bias.to(bias.dtype)], dim=-1)
 

@@ -12,11 +12,6 @@ from .cache import BackboneCache
 from .transformer import Transformer
 
 
-def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, S] 1/0 mask -> positions [B, S]: 0, 1, 2, ... over each row's tokens, 0 at (left) padding."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0).masked_fill(attention_mask == 0, 0)
-
-
 @torch.no_grad()
 def prefill(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
             position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, BackboneCache]:
@@ -39,13 +34,12 @@ def greedy_generate(model: Transformer, input_ids: torch.Tensor, max_new_tokens:
                     attention_mask: torch.Tensor | None = None, eos_token_id: int | None = None) -> torch.Tensor:
     """Greedy continuation. input_ids [B, N] (left-padded when `attention_mask` marks padding) -> [B, N + new].
 
-    Rows that emit `eos_token_id` keep emitting it. Positions count each row's real tokens (padding sits at 0), as
-    transformers' `generate` numbers them; compression windows stay aligned to storage for every row."""
+    Rows that emit `eos_token_id` keep emitting it. Positions are storage indices (the model's default): compressed
+    entries are placed at their windows' storage positions, so queries numbered the same way see them at the right
+    relative distance, and RoPE makes the left padding's constant shift of a row irrelevant."""
     b = input_ids.shape[0]
     mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-    positions = positions_from_mask(mask)
-    logits, cache = prefill(model, input_ids, mask, positions)
-    last = positions[:, -1:]
+    logits, cache = prefill(model, input_ids, mask)
     tokens = [input_ids]
     done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
     for _ in range(max_new_tokens):
@@ -57,6 +51,5 @@ def greedy_generate(model: Transformer, input_ids: torch.Tensor, max_new_tokens:
         if len(tokens) - 1 == max_new_tokens or (eos_token_id is not None and bool(done.all())):
             break
         mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
-        last = last + 1
-        logits = decode_step(model, nxt, cache, mask, last)
+        logits = decode_step(model, nxt, cache, mask)
     return torch.cat(tokens, dim=1)
