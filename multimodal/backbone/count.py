@@ -28,9 +28,16 @@ class ParameterCount:
     mtp: int
 
     def summary(self) -> str:
-        return (f"total {self.total / 1e9:.1f}B, activated {self.activated / 1e9:.1f}B "
-                f"(embedding {self.embedding / 1e9:.2f}B, head {self.head / 1e9:.2f}B, "
-                f"routed experts {self.routed_experts / 1e9:.1f}B; MTP {self.mtp / 1e9:.1f}B not included)")
+        return (f"total {_human(self.total)}, activated {_human(self.activated)} (embedding {_human(self.embedding)}, "
+                f"head {_human(self.head)}, routed experts {_human(self.routed_experts)}; "
+                f"MTP {_human(self.mtp)} not included)")
+
+
+def _human(n: int) -> str:
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.{3 if unit == 'T' else 1}f}{unit}"
+    return str(n)
 
 
 def count_parameters(cfg: BackboneConfig) -> ParameterCount:
