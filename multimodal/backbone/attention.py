@@ -114,7 +114,10 @@ class V4Attention(nn.Module):
             keys, k_index, k_valid = kv, ctx.q_index, ctx.valid
         else:
             keys, _, k_index, k_valid = state.window.extend(kv, ctx.q_index, ctx.valid)
-        bias = window_bias(ctx.q_index, k_index, k_valid, self.window, q.dtype)     # [B, 1, S, L]
+        key = ("window_bias", self.window, k_index.shape[0], state is None)     # same for every V4 layer
+        bias = ctx.memo.get(key)
+        if bias is None:
+            bias = ctx.memo[key] = window_bias(ctx.q_index, k_index, k_valid, self.window, q.dtype)   # [B, 1, S, L]
 
         # 2. compressed entries
         if self.compressor is not None:

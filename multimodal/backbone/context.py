@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,6 +19,7 @@ class ForwardContext:
     rope        {"main" | "compress": (cos, sin)}, each [B, S, rd/2] fp32, at `positions`
     rotary      {"main" | "compress": RotaryEmbedding}, for tables at other positions (compressed entries)
     routing_ids [B, S] long or None: token ids for hash-routed MoE layers
+    memo        per-call values that every layer would otherwise recompute identically (masks)
     """
 
     positions: torch.Tensor
@@ -27,6 +28,7 @@ class ForwardContext:
     rope: dict[str, tuple[torch.Tensor, torch.Tensor]]
     rotary: dict[str, RotaryEmbedding]
     routing_ids: torch.Tensor | None = None
+    memo: dict = field(default_factory=dict)
 
     @property
     def seq_len(self) -> int:

@@ -26,12 +26,19 @@ from ..config import HyperConfig
 from .norm import rms_normalize
 
 
-def sinkhorn(comb: torch.Tensor, iters: int, eps: float) -> torch.Tensor:
-    """Alternating column / row normalisation of positive [.., n, n] matrices (column first, as V4 does)."""
+def sinkhorn(comb: torch.Tensor, iters: int, eps: float, tol: float | None = None) -> torch.Tensor:
+    """Alternating column / row normalisation of positive [.., n, n] matrices (column first, as V4 does).
+
+    With `tol`, stops early once every row and column sums to 1 within `tol` (the remaining rounds would change
+    the matrix by less than that); checking needs a host sync, so callers enable it only for CPU inference.
+    """
     comb = comb / (comb.sum(dim=-2, keepdim=True) + eps)
-    for _ in range(iters - 1):
+    for i in range(iters - 1):
         comb = comb / (comb.sum(dim=-1, keepdim=True) + eps)
-        comb = comb / (comb.sum(dim=-2, keepdim=True) + eps)
+        col = comb.sum(dim=-2, keepdim=True) + eps
+        comb = comb / col
+        if tol is not None and i % 2 == 1 and float((col - 1).abs().max()) < tol:
+            break
     return comb
 
 
@@ -59,7 +66,8 @@ class HyperConnection(nn.Module):
         pre = torch.sigmoid(pre_w * scale[0] + pre_b) + self.eps                      # [B, S, n]
         post = 2 * torch.sigmoid(post_w * scale[1] + post_b)                          # [B, S, n]
         comb = torch.softmax(comb_w.unflatten(-1, (n, n)) * scale[2] + comb_b.view(n, n), dim=-1) + self.eps
-        comb = sinkhorn(comb, self.iters, self.eps)                                   # [B, S, n, n]
+        fast = comb.device.type == "cpu" and not (torch.is_grad_enabled() and self.fn.requires_grad)
+        comb = sinkhorn(comb, self.iters, self.eps, tol=1e-7 if fast else None)       # [B, S, n, n]
         collapsed = (pre.unsqueeze(-1) * streams).sum(dim=-2).to(streams.dtype)       # [B, S, D]
         return post, comb, collapsed
 

@@ -95,25 +95,42 @@ class HashRouter(Router):
         return self._weights(scores, indices), indices, scores
 
 
+def _grouped_mm_usable(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """torch's grouped GEMM: on CUDA for bf16 (forward and backward); on the CPU its forward only (no autograd)."""
+    if not hasattr(torch, "_grouped_mm") or any(n * x.element_size() % 16 for n in (w.shape[1], w.shape[2])):
+        return False                                   # it needs 16-byte aligned rows
+    if x.device.type == "cuda":
+        return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (9, 0)
+    return x.device.type == "cpu" and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad))
+
+
 def grouped_experts(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, indices: torch.Tensor,
                     weights: torch.Tensor, limit: float | None) -> torch.Tensor:
     """Sort (token, expert) pairs by expert, run each expert once on its contiguous slice, scatter back weighted.
 
     x [T, dim]; w1, w3 [E, I, dim]; w2 [E, dim, I]; indices, weights [T, k] -> [T, dim]
+    Uses one grouped GEMM per projection when torch provides it for this device and mode (no per-expert loop, no
+    host synchronisation); otherwise loops over the experts that received tokens.
     """
     t, k = indices.shape
     flat = indices.reshape(-1)                                                       # [T*k]
     order = flat.argsort(stable=True)
-    counts = torch.bincount(flat, minlength=w1.shape[0]).tolist()
     tokens = order // k
     xs = x[tokens]                                                                   # [T*k, dim] sorted by expert
-    outs, start = [], 0
-    for e, n in enumerate(counts):
-        if n:
-            h = xs[start:start + n]
-            outs.append(F.linear(swiglu(F.linear(h, w1[e]), F.linear(h, w3[e]), limit), w2[e]))
-        start += n
-    ys = torch.cat(outs) * weights.reshape(-1)[order].unsqueeze(-1).to(x.dtype)
+    if _grouped_mm_usable(x, w1):
+        offs = torch.bincount(flat, minlength=w1.shape[0]).cumsum(0).to(torch.int32)   # [E] end offsets
+        h = swiglu(torch._grouped_mm(xs, w1.transpose(1, 2), offs=offs),
+                   torch._grouped_mm(xs, w3.transpose(1, 2), offs=offs), limit)      # [T*k, I]
+        ys = torch._grouped_mm(h, w2.transpose(1, 2), offs=offs)                     # [T*k, dim]
+    else:
+        outs, start = [], 0
+        for e, n in enumerate(torch.bincount(flat, minlength=w1.shape[0]).tolist()):
+            if n:
+                hs = xs[start:start + n]
+                outs.append(F.linear(swiglu(F.linear(hs, w1[e]), F.linear(hs, w3[e]), limit), w2[e]))
+            start += n
+        ys = torch.cat(outs)
+    ys = ys * weights.reshape(-1)[order].unsqueeze(-1).to(x.dtype)
     return torch.zeros_like(x).index_add_(0, tokens, ys)
 
 

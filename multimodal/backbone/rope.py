@@ -65,13 +65,12 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """Rotate the trailing `2 * cos.shape[-1]` dims of x in interleaved pairs (in fp32); leading dims pass through.
 
     x: [B, S, ..., D]; cos, sin: [B, S, rd/2] broadcast over the middle (head) dims. Use `-sin` for the inverse.
+    Pair j is the complex number x[2j] + i x[2j+1], multiplied by cos + i sin.
     """
     half = cos.shape[-1]
     rd = 2 * half
     for _ in range(x.dim() - cos.dim()):                                   # [B, S, 1.., rd/2]
         cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
-    nope, rope = x[..., :-rd], x[..., -rd:]
-    pairs = rope.float().unflatten(-1, (half, 2))                          # [..., rd/2, 2]
-    a, b = pairs[..., 0], pairs[..., 1]
-    rotated = torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1).flatten(-2).to(x.dtype)
-    return torch.cat([nope, rotated], dim=-1) if nope.shape[-1] else rotated
+    pairs = x[..., -rd:].float().unflatten(-1, (half, 2)).contiguous()     # [..., rd/2, 2]
+    rotated = torch.view_as_real(torch.view_as_complex(pairs) * torch.complex(cos, sin)).flatten(-2).to(x.dtype)
+    return rotated if rd == x.shape[-1] else torch.cat([x[..., :-rd], rotated], dim=-1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -36,14 +37,16 @@ def test_group_limited_routing_stays_inside_kept_groups():
     assert all(set((idx[t] // 4).tolist()) <= set(groups[t].tolist()) for t in range(64))
 
 
-def test_grouped_experts_equal_per_token_loop_with_clamp():
+@pytest.mark.parametrize("i, grad", [(6, False), (8, False), (8, True)])   # loop, grouped GEMM, loop (autograd)
+def test_grouped_experts_equal_per_token_loop_with_clamp(i, grad):
     torch.manual_seed(1)
-    e, i, d, t, k, lim = 5, 6, 4, 9, 2, 0.5
+    e, d, t, k, lim = 5, 4, 9, 2, 0.5
     w1, w3, w2 = torch.randn(e, i, d), torch.randn(e, i, d), torch.randn(e, d, i)
     x = torch.randn(t, d)
     idx = torch.randint(0, e - 1, (t, k))       # expert e-1 receives no token
     wts = torch.rand(t, k)
-    out = grouped_experts(x, w1, w3, w2, idx, wts, lim)
+    with torch.set_grad_enabled(grad):
+        out = grouped_experts(x.requires_grad_(grad), w1, w3, w2, idx, wts, lim)
     ref = torch.stack([sum(wts[n, j] * (w2[idx[n, j]] @ (F.silu((w1[idx[n, j]] @ x[n]).clamp(max=lim))
                                                                * (w3[idx[n, j]] @ x[n]).clamp(-lim, lim)))
                            for j in range(k)) for n in range(t)])
