@@ -24,9 +24,6 @@ from .fp8 import FP8_DTYPES, dequantize_blockwise
 from .hf_config import from_hf_config, to_hf_config
 from .names import disk_to_ours, expert_key, ours_to_disk, stacked_key
 
-_SCALE_SUFFIXES = ("_scale_inv", ".scale")
-
-
 class CheckpointError(ValueError):
     """A checkpoint folder that cannot be loaded: missing files, keys, or shapes that do not fit the config."""
 
@@ -59,15 +56,20 @@ def read_tensors(path: str | Path, dtype: torch.dtype = torch.float32) -> dict[s
                 raw[key] = handle.get_tensor(key)
     out: dict[str, torch.Tensor] = {}
     experts: dict[tuple[str, str], dict[int, torch.Tensor]] = defaultdict(dict)
+    scales = {}                                              # FP8 weight key -> its block-scale key
     for key, t in raw.items():
-        if key.endswith(_SCALE_SUFFIXES):
-            continue
         if t.dtype in FP8_DTYPES:
-            base = key.removesuffix(".weight")
-            scale = raw.get(key + "_scale_inv", raw.get(base + ".scale"))
-            if scale is None:
-                raise CheckpointError(f"{path}: FP8 tensor {key!r} has no block scale ({key}_scale_inv or {base}.scale)")
-            t = dequantize_blockwise(t, scale, dtype=dtype)
+            candidates = (key + "_scale_inv", key.removesuffix(".weight") + ".scale")
+            found = [c for c in candidates if c in raw]
+            if not found:
+                raise CheckpointError(f"{path}: FP8 tensor {key!r} has no block scale ({' or '.join(candidates)})")
+            scales[key] = found[0]
+    companions = set(scales.values())
+    for key, t in raw.items():
+        if key in companions:
+            continue
+        if key in scales:
+            t = dequantize_blockwise(t, raw[scales[key]], dtype=dtype)
         name = disk_to_ours(key)
         ek = expert_key(name)
         if ek is not None:

@@ -87,3 +87,20 @@ def test_a_folder_without_config_or_weights_is_named(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(preset("debug").to_dict()))
     with pytest.raises(CheckpointError, match="no \\*.safetensors weights"):
         load_pretrained(tmp_path)
+
+
+def test_mtp_modules_round_trip_and_a_checkpoint_without_them_loads_without_them(tmp_path):
+    with_mtp = random_model(preset("debug"), seed=5)        # one MTP module, with its own mHC collapse
+    save_pretrained(with_mtp, tmp_path / "a")
+    again = load_pretrained(tmp_path / "a")
+    assert len(again.mtp) == 1
+    for (k, v), (k2, v2) in zip(with_mtp.state_dict().items(), again.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    ids = torch.randint(0, 512, (2, 12))
+    with torch.no_grad():
+        assert torch.equal(again.mtp_loss(ids, again(ids).hidden_states), with_mtp.mtp_loss(ids, with_mtp(ids).hidden_states))
+    tensors = {k: v for k, v in load_file(tmp_path / "a" / "model.safetensors").items() if ".mtp." not in k}
+    (tmp_path / "b").mkdir()
+    save_file(tensors, tmp_path / "b" / "model.safetensors")
+    (tmp_path / "b" / "config.json").write_text((tmp_path / "a" / "config.json").read_text())
+    assert len(load_pretrained(tmp_path / "b").mtp) == 0
