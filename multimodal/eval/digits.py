@@ -39,10 +39,10 @@ class DigitTrainingConfig:
     """How the digit classifier is trained (all defaults give the shipped weights)."""
 
     seed: int = 0
-    epochs: int = 12
+    epochs: int = 20
     batch_size: int = 128
     lr: float = 3e-3
-    colours_per_glyph: int = 8
+    colours_per_glyph: int = 3
     mp4_fraction: float = 0.5
 
     def __post_init__(self) -> None:
@@ -127,7 +127,7 @@ def _mp4_round_trip(frames: np.ndarray) -> np.ndarray:
         return read_video(path)
 
 
-def glyph_crops(test: bool, colours_per_glyph: int = 8, mp4_fraction: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def glyph_crops(test: bool, colours_per_glyph: int = 3, mp4_fraction: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Crops of the training (``test=False``) or test glyphs as the scene parser cuts them out.
 
     Every glyph is drawn at both sizes in ``colours_per_glyph`` colours at a random position; a

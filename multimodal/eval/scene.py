@@ -30,7 +30,7 @@ from scipy import ndimage
 
 from multimodal.data.world import COLOURS, FRAME_SIZE, SIZE_THRESHOLD
 
-FOREGROUND = 64  # brightest channel at or above this -> foreground
+FOREGROUND = 56  # brightest channel at or above this -> foreground (about 0.22 of full brightness)
 MIN_AREA = 6  # px; smaller groups are noise
 SHAPE_IOU = 0.7  # best geometric IoU of the half-coverage silhouette at or above this -> that shape
 SOLID = 0.9  # mean coverage of a geometric shape's interior
