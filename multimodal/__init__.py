@@ -10,6 +10,15 @@ from .config import AttentionConfig, BackboneConfig, HyperConfig, MoEConfig, PRE
 from .convert.checkpoint import CheckpointError, load_pretrained, save_pretrained
 from .convert.hf_config import from_hf_config, to_hf_config
 
+# the shapes-and-digits world (data) and its scorer (eval)
+from .data.datasets import WorldDataConfig, WorldDataset, collate_world
+from .data.render import render_sample
+from .data.world import WorldSample, sample_image, sample_video
+from .eval.captions import parse_caption
+from .eval.metrics import score_captions
+from .eval.scene import parse_frames
+from .eval.scorer import score_frames
+
 __all__ = [
     "__version__",
     # backbone
@@ -19,4 +28,7 @@ __all__ = [
     "BackboneConfig", "AttentionConfig", "MoEConfig", "HyperConfig", "RopeScaling", "PRESETS", "preset",
     # checkpoints
     "load_pretrained", "save_pretrained", "CheckpointError", "from_hf_config", "to_hf_config",
+    # world and scorer
+    "WorldDataConfig", "WorldDataset", "WorldSample", "collate_world", "parse_caption", "parse_frames",
+    "render_sample", "sample_image", "sample_video", "score_captions", "score_frames",
 ]
