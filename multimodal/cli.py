@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "multimodal.commands.info",
     "multimodal.commands.world",
     "multimodal.commands.eval",
+    "multimodal.commands.train_autoencoder",
 )
 
 
