@@ -100,3 +100,17 @@ def test_moe_ffn_bf16_cuda(force_triton, T, H, I, E, k, empty, limit):
     assert_close(out.cpu(), ref, 2e-2, 2e-2, "out bf16")
     for name, g, rg in zip(("dx", "dw1", "dw3", "dw2", "dweights"), grads, ref_grads):
         assert_close(g.cpu(), rg, 5e-2, 5e-2, name + " bf16")
+
+
+@needs_cuda
+def test_moe_forward_has_no_host_sync(force_triton):
+    """The forward never copies per-expert counts to the host (CUDA sync debug mode raises if it does)."""
+    x, w1, w3, w2, indices, weights = (t.detach() for t in _problem(300, 128, 64, 32, 6, 7, torch.bfloat16, "cuda"))
+    moe_ffn(x, w1, w3, w2, indices, weights, 7.0)  # compile outside the checked region
+    torch.cuda.synchronize()
+    prev = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        moe_ffn(x, w1, w3, w2, indices, weights, 7.0)
+    finally:
+        torch.cuda.set_sync_debug_mode(prev)

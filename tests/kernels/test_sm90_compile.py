@@ -29,7 +29,10 @@ BF16_EXCEPT_FP32 = {
         {"scale_ptr"}, {"a_idx_ptr", "seg_start_ptr", "seg_end_ptr"}, set(),
         dict(GATHER_A=True, HAS_SCALE=True, BM=64, BN=128, BK=64, PREC="tf32"), 4),
     ("sparse_attention", "sparse_mqa_fwd_kernel"): (
-        {"sink_ptr", "lse_ptr"}, {"idx_ptr"}, {"scale"}, dict(HAS_SINK=True, BH=16, BK=16, BD=512, PREC="tf32"), 8),
+        {"sink_ptr", "lse_ptr"}, {"idx_ptr"}, {"scale"},
+        dict(HAS_SINK=True, PARTIAL=True, BH=16, BK=16, BD=512, PREC="tf32"), 8),
+    ("sparse_attention", "sparse_mqa_combine_kernel"): (
+        {"op_ptr", "lp_ptr", "lse_ptr"}, set(), set(), dict(BH=16, BD=512), 8),
     ("sparse_attention", "sparse_mqa_bwd_kernel"): (
         {"lse_ptr", "delta_ptr", "dkv_ptr"}, {"idx_ptr"}, {"scale"}, dict(BH=16, BK=16, BD=512, PREC="tf32"), 8),
     ("indexer", "indexer_scores_kernel"): (

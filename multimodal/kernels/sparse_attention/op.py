@@ -28,12 +28,22 @@ def _blocks(D: int, device: torch.device) -> tuple[int, int, int]:
     return 16, (32 if BD <= 256 else 16), BD
 
 
+def _num_splits(programs: int, K: int, BK: int, device: torch.device) -> int:
+    """Split the index list when (query, head-block) programs alone cannot fill the GPU (decode)."""
+    if device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    if programs >= sms:
+        return 1
+    return max(1, min(triton.cdiv(K, 4 * BK), triton.cdiv(2 * sms, programs)))
+
+
 class SparseMQAFunction(torch.autograd.Function):
-    """Triton forward (online softmax with sink) and backward (dq in registers, dkv by atomics)."""
+    """Triton forward (online softmax with sink, optional split-K) and backward (dq, atomic dkv)."""
 
     @staticmethod
-    def forward(ctx, q, kv, indices, scale, sink):  # noqa: D102
-        from .triton import sparse_mqa_fwd_kernel
+    def forward(ctx, q, kv, indices, scale, sink, num_splits=None):  # noqa: D102
+        from .triton import sparse_mqa_combine_kernel, sparse_mqa_fwd_kernel
 
         B, S, H, D = q.shape
         N, K = kv.shape[1], indices.shape[2]
@@ -42,13 +52,27 @@ class SparseMQAFunction(torch.autograd.Function):
         out = torch.empty_like(q)  # [B,S,H,D]
         lse = torch.empty(B, S, H, dtype=torch.float32, device=q.device)  # natural-log LSE incl. sink
         sink_arg = sink.float().contiguous() if sink is not None else lse
-        grid = (B * S, triton.cdiv(H, BH))
-        sparse_mqa_fwd_kernel[grid](
-            q, kv, indices, sink_arg, out, lse, S, H, N, K, D, float(scale),
-            *q.stride(), *kv.stride(), *indices.stride(), *out.stride(), *lse.stride(),
-            HAS_SINK=sink is not None, BH=BH, BK=BK, BD=BD, PREC=dot_precision(q.dtype),
-            num_warps=4 if BD <= 128 else 8,
-        )
+        n_hblk = triton.cdiv(H, BH)
+        splits = num_splits or _num_splits(B * S * n_hblk, K, BK, q.device)
+        split_len = triton.cdiv(triton.cdiv(K, splits), BK) * BK  # whole BK blocks per split
+        splits = triton.cdiv(K, split_len)
+        meta = dict(HAS_SINK=sink is not None, BH=BH, BK=BK, BD=BD, PREC=dot_precision(q.dtype),
+                    num_warps=4 if BD <= 128 else 8)
+        if splits == 1:
+            sparse_mqa_fwd_kernel[(B * S, n_hblk, 1)](
+                q, kv, indices, sink_arg, out, lse, S, H, N, K, D, float(scale), K,
+                *q.stride(), *kv.stride(), *indices.stride(), *out.stride(), 0, *lse.stride(), 0,
+                PARTIAL=False, **meta)
+        else:
+            o_part = torch.empty(splits, B, S, H, D, dtype=torch.float32, device=q.device)
+            l_part = torch.empty(splits, B, S, H, dtype=torch.float32, device=q.device)
+            sparse_mqa_fwd_kernel[(B * S, n_hblk, splits)](
+                q, kv, indices, sink_arg, o_part, l_part, S, H, N, K, D, float(scale), split_len,
+                *q.stride(), *kv.stride(), *indices.stride(), *o_part.stride()[1:], o_part.stride(0),
+                *l_part.stride()[1:], l_part.stride(0), PARTIAL=True, **meta)
+            sparse_mqa_combine_kernel[(B * S, n_hblk)](
+                o_part, l_part, out, lse, S, H, D, splits, *o_part.stride(), *l_part.stride(),
+                *out.stride(), *lse.stride(), BH=BH, BD=BD, num_warps=meta["num_warps"])
         ctx.save_for_backward(q, kv, indices, out, lse, sink if sink is not None else lse)
         ctx.has_sink = sink is not None
         ctx.scale = float(scale)
@@ -77,7 +101,7 @@ class SparseMQAFunction(torch.autograd.Function):
             # d lse / d sink = p_sink = exp(sink - lse); d out / d sink = -p_sink * out
             p_sink = torch.exp(sink.float().view(1, 1, H) - lse)  # [B,S,H]
             dsink = -(p_sink * delta).sum(dim=(0, 1)).to(sink.dtype)
-        return dq, dkv.to(kv.dtype), None, None, dsink
+        return dq, dkv.to(kv.dtype), None, None, dsink, None
 
 
 def sparse_mqa(
