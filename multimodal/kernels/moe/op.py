@@ -128,6 +128,7 @@ class MoEFFNFunction(torch.autograd.Function):
             E, H, I, limit, x.stride(0), x.stride(1), *w1.stride(), h.stride(0), h.stride(1),
             HAS_LIMIT=swiglu_limit is not None, SAVE_GU=save,
             BM=BM, BN=BN, BK=blocks[2], PREC=dot_precision(x.dtype),
+            num_warps=8 if x.is_cuda else 4,  # two [BM, BN] fp32 accumulators
         )
         y = torch.empty(R, H, dtype=x.dtype, device=x.device)  # [R, H] weighted expert outputs, slot order
         # down: b[e, n=h, k=i] = w2[e, h, i]
