@@ -69,8 +69,11 @@ def _route(indices: torch.Tensor, E: int, BM: int) -> _Routing:
     return _Routing(order, order // k, seg_start, seg_end, blk_expert, blk_row)
 
 
-def _grouped_gemm(a, b_strides, b, c, rt, *, N, K, a_idx=None, c_idx=None, scale=None,
-                  accumulate=False, blocks) -> None:
+def _grouped_gemm(
+    a: torch.Tensor, b_strides: tuple[int, int, int], b: torch.Tensor, c: torch.Tensor, rt: _Routing, *,
+    N: int, K: int, a_idx: torch.Tensor | None = None, c_idx: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None, accumulate: bool = False, blocks: tuple[int, int, int],
+) -> None:
     """Launch ``grouped_gemm_kernel``: c[ci(r)] (+)= scale[r] * a[ai(r)] @ b[e]^T (b given by strides)."""
     from .triton import grouped_gemm_kernel
 
@@ -86,7 +89,10 @@ def _grouped_gemm(a, b_strides, b, c, rt, *, N, K, a_idx=None, c_idx=None, scale
     )
 
 
-def _wgrad(a, b, out, rt, *, a_idx=None, scale=None, blocks) -> None:
+def _wgrad(
+    a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, rt: _Routing, *,
+    a_idx: torch.Tensor | None = None, scale: torch.Tensor | None = None, blocks: tuple[int, int, int],
+) -> None:
     """Launch ``grouped_wgrad_kernel``: out[e] = sum_{r in e} (scale[r] a[ai(r)])^T b[r]."""
     from .triton import grouped_wgrad_kernel
 
@@ -192,7 +198,7 @@ class MoEFFNFunction(torch.autograd.Function):
         return dx, dw1, dw3, dw2, None, dweights, None
 
 
-def _wgrad_x(dact: torch.Tensor, x: torch.Tensor, out: torch.Tensor, rt: _Routing, blocks) -> None:
+def _wgrad_x(dact: torch.Tensor, x: torch.Tensor, out: torch.Tensor, rt: _Routing, blocks: tuple[int, int, int]) -> None:
     """out[e, i, h] = sum_{r in e} dact[r, i] x[token[r], h]: gather x rows as the right operand."""
     # The kernel gathers its left operand; transpose the problem: out[e]^T = x[tok]^T dact, so
     # compute into a [E, H, I] view of ``out`` with the gathered x on the left.
