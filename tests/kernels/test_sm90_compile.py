@@ -40,6 +40,9 @@ BF16_EXCEPT_FP32 = {
     ("mhc", "mhc_pre_kernel"): (
         {"fn_ptr", "base_ptr", "scale_ptr", "post_ptr", "comb_ptr", "pre_ptr", "mix_ptr", "rstd_ptr"}, set(),
         {"hc_eps", "norm_eps"}, dict(NP=4, MP=32, BT=16, BK=128, BD=128, PREC="ieee"), 4),
+    ("mhc", "mhc_coef_bwd_kernel"): (
+        {"mix_ptr", "base_ptr", "scale_ptr", "dpre_ptr", "dpost_ptr", "dcomb_ptr", "dz_ptr"}, set(), {"hc_eps"},
+        dict(NP=4, MP=32, BT=16), 4),
     ("mhc", "mhc_pre_bwd_dpre_kernel"): ({"dpre_ptr"}, set(), set(), dict(NP=4, BT=16, BD=128), 4),
     ("mhc", "mhc_pre_bwd_dx_kernel"): (
         {"fn_ptr", "dz_ptr", "coef_ptr", "pre_ptr"}, set(), set(), dict(MP=32, BT=16, BK=128, PREC="ieee"), 4),

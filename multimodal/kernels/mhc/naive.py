@@ -6,8 +6,8 @@
 post = 2·sigmoid, pre = sigmoid + eps). ``naive_mhc_post`` applies the coefficients with the TileKernels
 / V4 transpose convention: new[k] = post[k]·block_out + sum_j comb[j, k]·streams[j] (X' = combᵀX).
 
-``mhc_coefficients`` is shared with the Triton op's backward, which recomputes the small per-token
-coefficient math through autograd while the large stream passes run in Triton.
+``mhc_coefficients`` is the per-token coefficient math (pre, post, Sinkhorn comb) on its own, the
+spec that the Triton kernels' coefficient epilogue and Sinkhorn backward reproduce.
 """
 
 from __future__ import annotations

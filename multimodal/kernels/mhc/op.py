@@ -7,9 +7,9 @@ One mHC site around a block F (attention or FFN):
 
 Dispatch (``kernels/dispatch.py``): Triton on CUDA or under the interpreter, else the references in
 ``naive.py`` (logged once). The Triton forward of ``mhc_pre`` is one kernel (norm + projection +
-coefficients + Sinkhorn + collapse); its backward runs the two stream-sized passes in Triton and
-recomputes the tiny per-token coefficient math ([M, (2+n)n] -> [M, n, n]) with autograd, reusing
-the reference's ``mhc_coefficients``. ``mhc_post`` is one kernel each way.
+coefficients + Sinkhorn + collapse); its backward is three kernels (dpre pass over X, coefficient
+and Sinkhorn backward recomputed on chip, dX pass over X) plus one GEMM for dfn. ``mhc_post`` is one
+kernel each way.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import triton
 
 from ..dispatch import dot_precision, use_triton
-from .naive import mhc_coefficients, naive_mhc_post, naive_mhc_pre
+from .naive import naive_mhc_post, naive_mhc_pre
 
 __all__ = ["mhc_pre", "mhc_post", "MHCPreFunction", "MHCPostFunction"]
 
@@ -34,7 +34,7 @@ def _tiles(device: torch.device) -> tuple[int, int, int]:
 
 
 class MHCPreFunction(torch.autograd.Function):
-    """Fused mHC coefficients + Sinkhorn + collapse (forward), stream passes in Triton (backward)."""
+    """Fused mHC coefficients + Sinkhorn + collapse (forward); Triton backward incl. Sinkhorn."""
 
     @staticmethod
     def forward(ctx, streams, fn, base, scale, sinkhorn_iters, hc_eps, norm_eps):  # noqa: D102
@@ -66,7 +66,7 @@ class MHCPreFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dpost, dcomb, dcoll):  # noqa: D102
-        from .triton import mhc_pre_bwd_dpre_kernel, mhc_pre_bwd_dx_kernel
+        from .triton import mhc_coef_bwd_kernel, mhc_pre_bwd_dpre_kernel, mhc_pre_bwd_dx_kernel
 
         x, fn32, base, scale, pre, mixes, rstd = ctx.saved_tensors
         B, S, n, D = ctx.cfg[:4]
@@ -83,14 +83,18 @@ class MHCPreFunction(torch.autograd.Function):
         dpre = torch.empty(M, n, dtype=torch.float32, device=x.device)
         mhc_pre_bwd_dpre_kernel[(triton.cdiv(M, BT),)](
             x, dcoll, dpre, M, n, D, *x.stride(), NP=NP, BT=BT, BD=BD)
-        # 2. per-token coefficient math ([M, W] -> pre, post, comb) by autograd, small tensors only
-        with torch.enable_grad():
-            mix = mixes[:, :W].detach().requires_grad_()
-            base_ = base.detach().float().requires_grad_()
-            scale_ = scale.detach().float().requires_grad_()
-            pre_r, post_r, comb_r = mhc_coefficients(mix, base_, scale_, n, iters, hc_eps)
-            dmix, dbase, dscale = torch.autograd.grad(
-                (pre_r, post_r, comb_r), (mix, base_, scale_), (dpre, dpost, dcomb))
+        # 2. coefficient + Sinkhorn backward: dlogit of z = scale * mixes + base, per packed column
+        dlogit = torch.zeros(M, MP, dtype=torch.float32, device=x.device)
+        base32, scale32 = base.detach().float().contiguous(), scale.detach().float().contiguous()
+        mhc_coef_bwd_kernel[(triton.cdiv(M, BT),)](
+            mixes, base32, scale32, dpre, dpost.contiguous(), dcomb.contiguous(), dlogit, M, n, iters, hc_eps,
+            NP=NP, MP=MP, BT=BT)
+        dlogit = dlogit[:, :W]
+        col_scale = torch.repeat_interleave(scale32, torch.tensor([n, n, n * n], device=x.device))  # [W]
+        dmix = dlogit * col_scale
+        dbase = dlogit.sum(0)
+        dscale = torch.stack([(part_g * part_m).sum() for part_g, part_m in
+                              zip(dlogit.split([n, n, n * n], -1), mixes[:, :W].split([n, n, n * n], -1))])
         # 3. back through mixes = rstd * (x @ fn^T): dz = dmix * rstd, d(rstd) -> coef * x
         dz = torch.zeros(M, MP, dtype=torch.float32, device=x.device)
         dz[:, :W] = dmix * rstd[:, None]

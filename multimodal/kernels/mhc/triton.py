@@ -7,8 +7,8 @@ one pass over the row computes both x @ fnᵀ and sum(x²) (the RMS division mov
 then the coefficient math and all Sinkhorn iterations run in registers on [BT, n, n] tiles, and a
 second pass over the same rows (still in cache for small BT) writes the collapsed block input.
 ``mhc_post_kernel`` fuses expansion and mixing: new = post ⊗ out + combᵀ·X in one read of X.
-The backward kernels cover the stream-sized passes; the per-token n×n coefficient backward is
-recomputed by autograd in ``op.py``.
+The backward is three kernels: dpre (one pass over X), the coefficient/Sinkhorn backward on
+[BT, n, n] tiles (recomputing the iterations in registers), and dX (one pass over X).
 
 Padding: NP = next power of two of n, MP = padded width of the packed projection ((2+n)n columns).
 """
@@ -18,8 +18,47 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["mhc_pre_kernel", "mhc_pre_bwd_dpre_kernel", "mhc_pre_bwd_dx_kernel",
+__all__ = ["mhc_pre_kernel", "mhc_coef_bwd_kernel", "mhc_pre_bwd_dpre_kernel", "mhc_pre_bwd_dx_kernel",
            "mhc_post_kernel", "mhc_post_bwd_kernel"]
+
+
+@triton.jit
+def _unpack_mixes(mix, cols, n, NP: tl.constexpr):
+    """Split packed [BT, MP] columns [pre n | post n | comb n*n] into [BT, NP], [BT, NP], [BT, NP, NP].
+
+    Register tensors cannot be sliced, so each part is a one-hot reduction; padding entries are 0.
+    """
+    i1 = tl.arange(0, NP)
+    pre_w = tl.sum(mix[:, None, :] * (cols[None, :] == i1[:, None]).to(tl.float32)[None, :, :], axis=2)
+    post_w = tl.sum(mix[:, None, :] * (cols[None, :] == (n + i1)[:, None]).to(tl.float32)[None, :, :], axis=2)
+    q = tl.arange(0, NP * NP)  # flat (i, j) of the comb tile
+    qi = q // NP
+    qj = q % NP
+    qcol = tl.where((qi < n) & (qj < n), 2 * n + qi * n + qj, -1)
+    comb_w = tl.sum(mix[:, None, :] * (cols[None, :] == qcol[:, None]).to(tl.float32)[None, :, :], axis=2)
+    return pre_w, post_w, tl.reshape(comb_w, (mix.shape[0], NP, NP))
+
+
+@triton.jit
+def _comb_softmax(comb_w, s2, base_ptr, n, NP: tl.constexpr):
+    """Row softmax of scale·comb_w + base over the valid n×n block: (softmax [BT,NP,NP], valid [NP,NP])."""
+    i1 = tl.arange(0, NP)
+    valid = (i1[:, None] < n) & (i1[None, :] < n)  # [NP, NP]
+    cb = tl.load(base_ptr + 2 * n + i1[:, None] * n + i1[None, :], mask=valid, other=0.0)
+    logits = tl.where(valid[None, :, :], comb_w * s2 + cb[None, :, :], -1.0e30)
+    e = tl.where(valid[None, :, :], tl.exp(logits - tl.max(logits, axis=2)[:, :, None]), 0.0)
+    den = tl.sum(e, axis=2)
+    return e / tl.where(den > 0.0, den, 1.0)[:, :, None], valid
+
+
+@triton.jit
+def _sinkhorn_step(x, op, hc_eps):
+    """Normalisation step ``op`` of the V4 Sinkhorn: even = columns (sum over i), odd = rows (sum over j)."""
+    if op % 2 == 0:
+        y = x / (tl.sum(x, axis=1)[:, None, :] + hc_eps)
+    else:
+        y = x / (tl.sum(x, axis=2)[:, :, None] + hc_eps)
+    return y
 
 
 @triton.jit
@@ -53,33 +92,18 @@ def mhc_pre_kernel(
     mix = z * rstd[:, None]  # [BT, MP] = RMSNorm(x) @ fn^T
     tl.store(mix_ptr + r64[:, None] * MP + cols[None, :], mix, mask=rmask[:, None])
     tl.store(rstd_ptr + rows, rstd, mask=rmask)
-    # split the packed columns with one-hot reductions (register tensors cannot be sliced)
     i1 = tl.arange(0, NP)  # [NP]
     vmask = i1 < n
-    pre_w = tl.sum(mix[:, None, :] * (cols[None, :] == i1[:, None]).to(tl.float32)[None, :, :], axis=2)
-    post_w = tl.sum(mix[:, None, :] * (cols[None, :] == (n + i1)[:, None]).to(tl.float32)[None, :, :], axis=2)
-    q = tl.arange(0, NP * NP)  # flat (i, j) of the comb tile
-    qi = q // NP
-    qj = q % NP
-    qcol = tl.where((qi < n) & (qj < n), 2 * n + qi * n + qj, -1)
-    comb_w = tl.sum(mix[:, None, :] * (cols[None, :] == qcol[:, None]).to(tl.float32)[None, :, :], axis=2)
-    comb_w = tl.reshape(comb_w, (BT, NP, NP))  # [BT, i, j]
+    pre_w, post_w, comb_w = _unpack_mixes(mix, cols, n, NP)
     s0 = tl.load(scale_ptr + 0)
     s1 = tl.load(scale_ptr + 1)
     s2 = tl.load(scale_ptr + 2)
     pre = tl.sigmoid(pre_w * s0 + tl.load(base_ptr + i1, mask=vmask, other=0.0)[None, :]) + hc_eps
     post = 2.0 * tl.sigmoid(post_w * s1 + tl.load(base_ptr + n + i1, mask=vmask, other=0.0)[None, :])
-    cb = tl.load(base_ptr + 2 * n + qi * n + qj, mask=(qi < n) & (qj < n), other=0.0)
-    logits = comb_w * s2 + tl.reshape(cb, (NP, NP))[None, :, :]
-    valid = (i1[:, None] < n) & (i1[None, :] < n)  # [NP, NP]
-    logits = tl.where(valid[None, :, :], logits, -1.0e30)
-    e = tl.where(valid[None, :, :], tl.exp(logits - tl.max(logits, axis=2)[:, :, None]), 0.0)
-    den = tl.sum(e, axis=2)
-    comb = tl.where(valid[None, :, :], e / tl.where(den > 0.0, den, 1.0)[:, :, None] + hc_eps, 0.0)
-    comb = comb / (tl.sum(comb, axis=1)[:, None, :] + hc_eps)  # columns
-    for _ in range(iters - 1):
-        comb = comb / (tl.sum(comb, axis=2)[:, :, None] + hc_eps)  # rows
-        comb = comb / (tl.sum(comb, axis=1)[:, None, :] + hc_eps)  # columns
+    soft, valid = _comb_softmax(comb_w, s2, base_ptr, n, NP)
+    comb = tl.where(valid[None, :, :], soft + hc_eps, 0.0)
+    for op in range(2 * iters - 1):  # columns, then (rows, columns) x (iters - 1)
+        comb = _sinkhorn_step(comb, op, hc_eps)
     nmask = rmask[:, None] & vmask[None, :]
     tl.store(pre_ptr + r64[:, None] * n + i1[None, :], pre, mask=nmask)
     tl.store(post_ptr + r64[:, None] * n + i1[None, :], post, mask=nmask)
@@ -94,6 +118,58 @@ def mhc_pre_kernel(
         coll = tl.sum(xs * pre[:, :, None], axis=1)
         tl.store(coll_ptr + r64[:, None] * D + dd[None, :], coll.to(coll_ptr.dtype.element_ty),
                  mask=rmask[:, None] & dmask[None, :])
+
+
+@triton.jit
+def mhc_coef_bwd_kernel(
+    mix_ptr, base_ptr, scale_ptr, dpre_ptr, dpost_ptr, dcomb_ptr, dz_ptr, M, n, iters, hc_eps,
+    NP: tl.constexpr, MP: tl.constexpr, BT: tl.constexpr,
+):
+    """Gradient of the coefficient logits z = scale·mixes + base, per packed column; grid (M/BT,).
+
+    pre = sigmoid(z) + eps, post = 2 sigmoid(z), comb = Sinkhorn(softmax(z) + eps). The Sinkhorn
+    backward recomputes its iterations on chip (mhc_engram.md §3.2): reverse step o re-runs steps
+    0..o-1 from the softmax, then applies y = x / s  ->  dx = (dy - sum(dy * y)) / s. O(iters²)
+    work on [BT, n, n] tiles, no stored intermediates.
+    """
+    rows = tl.program_id(0) * BT + tl.arange(0, BT)
+    rmask = rows < M
+    r64 = rows.to(tl.int64)
+    cols = tl.arange(0, MP)
+    mix = tl.load(mix_ptr + r64[:, None] * MP + cols[None, :], mask=rmask[:, None], other=0.0)
+    pre_w, post_w, comb_w = _unpack_mixes(mix, cols, n, NP)
+    i1 = tl.arange(0, NP)
+    vmask = i1 < n
+    nmask = rmask[:, None] & vmask[None, :]
+    s0 = tl.load(scale_ptr + 0)
+    s1 = tl.load(scale_ptr + 1)
+    s2 = tl.load(scale_ptr + 2)
+    sp = tl.sigmoid(pre_w * s0 + tl.load(base_ptr + i1, mask=vmask, other=0.0)[None, :])
+    sq = tl.sigmoid(post_w * s1 + tl.load(base_ptr + n + i1, mask=vmask, other=0.0)[None, :])
+    dpre = tl.load(dpre_ptr + r64[:, None] * n + i1[None, :], mask=nmask, other=0.0)
+    dpost = tl.load(dpost_ptr + r64[:, None] * n + i1[None, :], mask=nmask, other=0.0)
+    tl.store(dz_ptr + r64[:, None] * MP + i1[None, :], dpre * sp * (1.0 - sp), mask=nmask)
+    tl.store(dz_ptr + r64[:, None] * MP + n + i1[None, :], 2.0 * dpost * sq * (1.0 - sq), mask=nmask)
+    soft, valid = _comb_softmax(comb_w, s2, base_ptr, n, NP)
+    p0 = tl.where(valid[None, :, :], soft + hc_eps, 0.0)
+    cmask = rmask[:, None, None] & valid[None, :, :]
+    g = tl.load(dcomb_ptr + r64[:, None, None] * (n * n) + i1[None, :, None] * n + i1[None, None, :],
+                mask=cmask, other=0.0)  # [BT, NP, NP] gradient w.r.t. the final comb
+    n_ops = 2 * iters - 1
+    for r in range(n_ops):
+        o = n_ops - 1 - r
+        x = p0
+        for q in range(o):  # recompute the input of step o
+            x = _sinkhorn_step(x, q, hc_eps)
+        if o % 2 == 0:  # (branch-local names: the two denominators have different shapes)
+            col_den = tl.sum(x, axis=1)[:, None, :] + hc_eps
+            g = (g - tl.sum(g * (x / col_den), axis=1)[:, None, :]) / col_den
+        else:
+            row_den = tl.sum(x, axis=2)[:, :, None] + hc_eps
+            g = (g - tl.sum(g * (x / row_den), axis=2)[:, :, None]) / row_den
+    dlogit = tl.where(valid[None, :, :], soft * (g - tl.sum(g * soft, axis=2)[:, :, None]), 0.0)  # softmax bwd
+    tl.store(dz_ptr + r64[:, None, None] * MP + 2 * n + i1[None, :, None] * n + i1[None, None, :], dlogit,
+             mask=cmask)
 
 
 @triton.jit
