@@ -61,6 +61,17 @@ def test_moe_ffn_matches_reference_fp32(force_triton, T, H, I, E, k, empty, limi
         assert torch.all(grads[1][empty] == 0) and torch.all(grads[3][empty] == 0), "idle expert got a gradient"
 
 
+@needs_triton
+def test_moe_ffn_inference_under_no_grad(force_triton):
+    """Under no_grad (parameters still requiring grad) the forward skips saving g/u and still matches."""
+    tensors = _problem(23, 24, 40, 5, 2, 3, torch.float32, KERNEL_DEVICE)
+    with torch.no_grad():
+        out = moe_ffn(*tensors, swiglu_limit=0.5)
+        ref = naive_moe_ffn(*[t.cpu() for t in tensors], swiglu_limit=0.5)
+    assert out.grad_fn is None
+    assert_close(out.cpu(), ref, 1e-4, 1e-4, "no_grad out")
+
+
 def test_clamp_is_active_in_limit_case():
     """The limit cases above really clamp: the limited reference differs from the unlimited one."""
     tensors = _problem(37, 24, 40, 5, 2, 3, torch.float32, "cpu")

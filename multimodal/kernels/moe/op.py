@@ -111,7 +111,7 @@ class MoEFFNFunction(torch.autograd.Function):
     """Triton routed-expert FFN with a fused backward; see the module docstring for the pipeline."""
 
     @staticmethod
-    def forward(ctx, x, w1, w3, w2, indices, weights, swiglu_limit):  # noqa: D102
+    def forward(ctx, x, w1, w3, w2, indices, weights, swiglu_limit, grad_enabled=True):  # noqa: D102
         from .triton import moe_up_kernel
 
         T, H = x.shape
@@ -123,7 +123,8 @@ class MoEFFNFunction(torch.autograd.Function):
         rt = _route(indices, E, BM)
         wsort = weights.reshape(-1)[rt.order].float()  # [R] routing weight of sorted row r
         R = T * k
-        save = ctx.needs_input_grad[0] or any(ctx.needs_input_grad[1:4]) or ctx.needs_input_grad[5]
+        # needs_input_grad stays True under torch.no_grad(), hence the caller's grad_enabled flag
+        save = grad_enabled and (ctx.needs_input_grad[0] or any(ctx.needs_input_grad[1:4]) or ctx.needs_input_grad[5])
         h = torch.empty(R, I, dtype=x.dtype, device=x.device)  # [R, I] SwiGLU output, sorted rows
         g = torch.empty_like(h) if save else h
         u = torch.empty_like(h) if save else h
@@ -195,7 +196,7 @@ class MoEFFNFunction(torch.autograd.Function):
         if ctx.needs_input_grad[3]:
             dw2 = torch.empty_like(w2)  # [E, H, I] = sum_r (w_r dout[token[r]])^T h[r]
             _wgrad(dout, h, dw2, rt, a_idx=token, scale=wsort, blocks=blocks)
-        return dx, dw1, dw3, dw2, None, dweights, None
+        return dx, dw1, dw3, dw2, None, dweights, None, None
 
 
 def _wgrad_x(dact: torch.Tensor, x: torch.Tensor, out: torch.Tensor, rt: _Routing, blocks: tuple[int, int, int]) -> None:
@@ -235,4 +236,4 @@ def moe_ffn(
                          f"{tuple(w1.shape)}, {tuple(w3.shape)}, {tuple(w2.shape)}")
     if x.shape[0] == 0 or not use_triton("moe_ffn", x):
         return naive_moe_ffn(x, w1, w3, w2, indices, weights, swiglu_limit)
-    return MoEFFNFunction.apply(x, w1, w3, w2, indices.long(), weights, swiglu_limit)
+    return MoEFFNFunction.apply(x, w1, w3, w2, indices.long(), weights, swiglu_limit, torch.is_grad_enabled())
