@@ -441,7 +441,7 @@ def main(args: argparse.Namespace) -> list[dict]:
 
 
 def _print_table(rows: list[dict]) -> None:
-    cols = ["name", "impl", "shape", "ms_median", "tflops", "gbps", "pct_peak_flops", "pct_peak_bw", "max_abs_err_vs_ref"]
+    cols = ["name", "impl", "shape", "ms_median", "ms_p10", "tflops", "gbps", "pct_peak_flops", "pct_peak_bw", "max_abs_err_vs_ref"]
     print(" | ".join(cols))
     for r in rows:
         if r["name"] == "mhc_added_per_block":
