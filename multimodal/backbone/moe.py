@@ -70,7 +70,9 @@ class Router(nn.Module):
                 group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)           # [T, G]
             keep = group_scores.topk(cfg.topk_group, dim=-1).indices
             mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep, True)
-            biased = grouped.masked_fill(~mask.unsqueeze(-1), 0.0).flatten(1)
+            # experts of dropped groups can never be chosen (-inf, as the V3 reference and transformers do; a 0.0
+            # fill would let them win when every kept biased score is negative)
+            biased = grouped.masked_fill(~mask.unsqueeze(-1), float("-inf")).flatten(1)
         indices = biased.topk(cfg.num_experts_per_tok, dim=-1, sorted=False).indices
         return self._weights(scores, indices), indices, scores
 

@@ -17,6 +17,7 @@ from ..config import V4_ATTENTION_TYPES, BackboneConfig
 from .attention import V4Attention
 from .cache import BackboneCache, LayerState
 from .context import ForwardContext
+from .dsa import DSA
 from .hyper import HyperConnection, HyperHead, hyper_update
 from .mla import MLA
 from .moe import MLP, MoE
@@ -39,6 +40,8 @@ class Block(nn.Module):
             self.attn = V4Attention(dim, cfg.attention, layer_type, eps)
         elif layer_type == "mla":
             self.attn = MLA(dim, cfg.attention, eps)
+        elif layer_type == "dsa":
+            self.attn = DSA(dim, cfg.attention, eps)
         else:
             raise NotImplementedError(f"layer type {layer_type!r} is not built by this backbone yet")
         if mlp_type == "dense":
