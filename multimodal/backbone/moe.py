@@ -139,7 +139,8 @@ class Experts(nn.Module):
 class MoE(nn.Module):
     """gate (Router or HashRouter) + experts + shared_experts. x [B, S, dim] -> [B, S, dim].
 
-    After each forward, `last_load` [E] holds how many tokens each expert received (for the bias update).
+    After each forward, `last_load` [E] holds how many tokens each expert received (for the bias update),
+    `last_scores` [T, E] the affinities and `last_indices` [T, k] the chosen experts (for the balance loss).
     """
 
     def __init__(self, dim: int, cfg: MoEConfig, hashed: bool, vocab_size: int) -> None:
@@ -151,6 +152,7 @@ class MoE(nn.Module):
             if cfg.n_shared_experts else None
         self.last_load: torch.Tensor | None = None
         self.last_scores: torch.Tensor | None = None
+        self.last_indices: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         shape = x.shape
@@ -163,6 +165,7 @@ class MoE(nn.Module):
             weights, indices, scores = self.gate(flat)
         self.last_load = torch.bincount(indices.reshape(-1), minlength=self.experts.w1.shape[0]).detach()
         self.last_scores = scores
+        self.last_indices = indices.detach()
         out = self.experts(flat, indices, weights)
         if self.shared_experts is not None:
             out = out + self.shared_experts(flat)
