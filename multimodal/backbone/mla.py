@@ -119,8 +119,10 @@ class MLA(nn.Module):
         return torch.einsum("bshc,hdc->bshd", o_lat, w_uv)                          # [B, S, H, v]
 
     def _softmax(self, logits: torch.Tensor) -> torch.Tensor:
-        """fp32 softmax over keys; rows with no visible key (padding queries) give zeros, not NaN."""
-        probs = torch.softmax(logits.float(), dim=-1).nan_to_num(0.0)
+        """fp32 softmax over keys; rows with no visible key (padding queries) give zeros, and no NaN gradient."""
+        logits = logits.float()
+        any_visible = torch.isfinite(logits).any(dim=-1, keepdim=True)
+        probs = torch.softmax(logits.masked_fill(~any_visible, 0.0), dim=-1) * any_visible
         self.last_probs = probs if self.record else None                            # for the indexer's KL target
         return probs
 

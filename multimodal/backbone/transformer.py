@@ -23,6 +23,7 @@ from .hyper import HyperConnection, HyperHead, hyper_update
 from .mla import MLA
 from .moe import MLP, MoE
 from .mtp import MTPModule
+from .nsa import NSA
 from .norm import RMSNorm
 from .rope import RotaryEmbedding, yarn_mscale
 
@@ -43,6 +44,8 @@ class Block(nn.Module):
             self.attn = MLA(dim, cfg.attention, eps)
         elif layer_type == "dsa":
             self.attn = DSA(dim, cfg.attention, eps)
+        elif layer_type == "nsa":
+            self.attn = NSA(dim, cfg.attention, cfg.nsa)
         else:
             raise NotImplementedError(f"layer type {layer_type!r} is not built by this backbone yet")
         if mlp_type == "dense":
@@ -107,7 +110,7 @@ class Transformer(nn.Module):
     def _rotaries(cfg: BackboneConfig) -> dict[str, RotaryEmbedding]:
         a, rd = cfg.attention, cfg.attention.qk_rope_head_dim
         rot = {}
-        if any(t in ("mla", "dsa") for t in cfg.layer_types):
+        if any(t in ("mla", "dsa") for t in cfg.layer_types):   # (nsa layers use the plain "main" rope below)
             # V3: YaRN on the decoupled key; cos/sin scaled by mscale(f, mscale) / mscale(f, mscale_all_dim) (= 1)
             s = a.rope_scaling
             factor = 1.0
