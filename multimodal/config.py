@@ -13,9 +13,13 @@ Layer types (one per layer, `BackboneConfig.layer_types`):
 | `heavily_compressed_attention`    | V4 HCA: window + all entries compressed every `compress_rate_hca`      |
 | `mla`                             | V2/V3 multi-head latent attention                                      |
 | `dsa`                             | V3.2: MLA over the top-`index_topk` tokens a lightning indexer picks    |
+| `nsa`                             | Native Sparse Attention: compressed + selected blocks + window (`NSAConfig`) |
 
 MLP layer types (`BackboneConfig.mlp_layer_types`): `dense` (SwiGLU MLP), `moe` (learned top-k routing),
 `hash_moe` (experts chosen by a frozen token-id table, V4's first layers).
+
+Engram conditional memory (`EngramConfig`, arXiv 2601.07372) is added before the attention of the blocks listed
+in `engram.layers` (0-indexed; empty = off).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 V4_ATTENTION_TYPES = ("sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention")
-ATTENTION_TYPES = V4_ATTENTION_TYPES + ("mla", "dsa")
+ATTENTION_TYPES = V4_ATTENTION_TYPES + ("mla", "dsa", "nsa")
 MLP_TYPES = ("dense", "moe", "hash_moe")
 SCORING_FUNCS = ("sqrtsoftplus", "sigmoid", "softmax")
 
@@ -152,6 +156,79 @@ class HyperConfig:
         _check(self.hc_sinkhorn_iters >= 1, f"hyper.hc_sinkhorn_iters must be >= 1, got {self.hc_sinkhorn_iters}")
 
 
+def is_prime(n: int) -> bool:
+    """Deterministic trial division (table sizes are at most a few million)."""
+    if n < 2:
+        return False
+    if n % 2 == 0:
+        return n == 2
+    f = 3
+    while f * f <= n:
+        if n % f == 0:
+            return False
+        f += 2
+    return True
+
+
+@dataclass
+class NSAConfig:
+    """Native Sparse Attention (arXiv 2502.11089; ../shared/reference/attention.md §3) for layer type `nsa`.
+
+    GQA with `num_key_value_heads` shared K/V heads (heads / kv heads query heads per group); compression is mean
+    pooling over non-overlapping blocks of `block_size` tokens (as fla-org/native-sparse-attention; l = d = l');
+    each query attends to `block_count` selected blocks (the first block and the `local_blocks` most recent ones
+    always included) and to the last `window_size` tokens."""
+
+    num_key_value_heads: int = 1
+    block_size: int = 64
+    block_count: int = 16
+    local_blocks: int = 2
+    window_size: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("num_key_value_heads", "block_size", "block_count", "window_size"):
+            _check(getattr(self, name) > 0, f"nsa.{name} must be > 0, got {getattr(self, name)}")
+        _check(0 <= self.local_blocks and 1 + self.local_blocks <= self.block_count,
+               f"nsa.block_count ({self.block_count}) must cover the initial block and nsa.local_blocks "
+               f"({self.local_blocks})")
+
+
+@dataclass
+class EngramConfig:
+    """Engram conditional memory (arXiv 2601.07372; ../shared/reference/mhc_engram.md §4).
+
+    layers       0-indexed blocks that get an Engram module before their attention (empty: no Engram)
+    max_ngram    N: suffix n-grams of orders 2..N are hashed (>= 2)
+    n_heads      K hash heads per order, each with its own prime modulus
+    table_size   rows of the first head's table; must be prime. Every (layer, order, head) table uses the next
+                 unused prime, so all moduli are distinct primes >= table_size
+    d_mem        total memory width, split evenly over the (N - 1) * K heads
+    kernel_size  depthwise causal convolution taps (dilation N)
+    seed         multiplier seed (layer l draws from seed + 10007 * l)
+    pad_id       raw token id used left of the first token (mapped through the vocabulary compression)
+    """
+
+    layers: list[int] = field(default_factory=list)
+    max_ngram: int = 3
+    n_heads: int = 8
+    table_size: int = 65537
+    d_mem: int = 1024
+    kernel_size: int = 4
+    seed: int = 0
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        self.layers = sorted(set(int(i) for i in self.layers))
+        _check(self.max_ngram >= 2, f"engram.max_ngram (the largest n-gram order) must be >= 2, got {self.max_ngram}")
+        _check(self.n_heads > 0, f"engram.n_heads must be > 0, got {self.n_heads}")
+        _check(is_prime(self.table_size), f"engram.table_size must be a prime number, got {self.table_size}")
+        heads = (self.max_ngram - 1) * self.n_heads
+        _check(self.d_mem > 0 and self.d_mem % heads == 0,
+               f"engram.d_mem ({self.d_mem}) must be a positive multiple of (max_ngram - 1) * n_heads = {heads}")
+        _check(self.kernel_size > 0, f"engram.kernel_size must be > 0, got {self.kernel_size}")
+        _check(self.pad_id >= 0, f"engram.pad_id must be >= 0, got {self.pad_id}")
+
+
 @dataclass
 class BackboneConfig:
     """The whole backbone: embeddings, `num_hidden_layers` blocks, final norm, LM head, MTP modules."""
@@ -172,6 +249,8 @@ class BackboneConfig:
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
     hyper: HyperConfig = field(default_factory=HyperConfig)
+    nsa: NSAConfig = field(default_factory=NSAConfig)
+    engram: EngramConfig = field(default_factory=EngramConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.attention, dict):
@@ -180,6 +259,10 @@ class BackboneConfig:
             self.moe = MoEConfig(**self.moe)
         if isinstance(self.hyper, dict):
             self.hyper = HyperConfig(**self.hyper)
+        if isinstance(self.nsa, dict):
+            self.nsa = NSAConfig(**self.nsa)
+        if isinstance(self.engram, dict):
+            self.engram = EngramConfig(**self.engram)
         _check(self.vocab_size > 0, f"vocab_size must be > 0, got {self.vocab_size}")
         _check(self.hidden_size > 0, f"hidden_size must be > 0, got {self.hidden_size}")
         _check(self.num_hidden_layers > 0, f"num_hidden_layers must be > 0, got {self.num_hidden_layers}")
@@ -199,6 +282,14 @@ class BackboneConfig:
                f"'dense' MLP layers need moe.intermediate_size > 0, got {self.moe.intermediate_size}")
         _check(self.num_nextn_predict_layers >= 0,
                f"num_nextn_predict_layers must be >= 0, got {self.num_nextn_predict_layers}")
+        bad_layers = [i for i in self.engram.layers if not 0 <= i < n]
+        _check(not bad_layers, f"engram.layers {bad_layers} out of range [0, num_hidden_layers={n})")
+        _check(not self.engram.layers or self.engram.pad_id < self.vocab_size,
+               f"engram.pad_id ({self.engram.pad_id}) must be < vocab_size ({self.vocab_size})")
+        if "nsa" in self.layer_types:
+            _check(self.attention.num_attention_heads % self.nsa.num_key_value_heads == 0,
+                   f"attention.num_attention_heads ({self.attention.num_attention_heads}) must be divisible by "
+                   f"nsa.num_key_value_heads ({self.nsa.num_key_value_heads})")
         for token in ("bos_token_id", "eos_token_id", "pad_token_id"):
             v = getattr(self, token)
             _check(v is None or 0 <= v < self.vocab_size, f"{token} ({v}) must be in [0, vocab_size={self.vocab_size})")
@@ -212,7 +303,8 @@ class BackboneConfig:
         unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
         _check(not unknown, f"unknown BackboneConfig keys: {unknown}")
         data = copy.deepcopy(data)
-        for key, sub in (("attention", AttentionConfig), ("moe", MoEConfig), ("hyper", HyperConfig)):
+        for key, sub in (("attention", AttentionConfig), ("moe", MoEConfig), ("hyper", HyperConfig),
+                         ("nsa", NSAConfig), ("engram", EngramConfig)):
             if isinstance(data.get(key), dict):
                 extra = sorted(set(data[key]) - {f.name for f in dataclasses.fields(sub)})
                 _check(not extra, f"unknown {key} keys: {extra}")
@@ -229,7 +321,7 @@ class BackboneConfig:
         """A copy with top-level fields replaced (sub-configs may be given as dicts of changes)."""
         data = self.to_dict()
         for key, value in changes.items():
-            if key in ("attention", "moe", "hyper") and isinstance(value, dict):
+            if key in ("attention", "moe", "hyper", "nsa", "engram") and isinstance(value, dict):
                 data[key].update(value)
             else:
                 data[key] = value

@@ -13,6 +13,7 @@ boundaries are shared by all rows, as in the reference implementation.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -89,6 +90,7 @@ class LayerState:
     window: WindowState
     compressor: CompressorState | None = None
     indexer: CompressorState | None = None
+    engram: Any = None                        # EngramState (backbone/engram.py), created by the Engram module
 
 
 @dataclass
@@ -112,6 +114,6 @@ class BackboneCache:
 
     def reorder(self, beam_idx: torch.Tensor) -> None:
         for layer in self.layers:
-            for state in (layer.window, layer.compressor, layer.indexer):
+            for state in (layer.window, layer.compressor, layer.indexer, layer.engram):
                 if state is not None:
                     state.reorder(beam_idx)

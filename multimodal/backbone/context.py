@@ -18,7 +18,8 @@ class ForwardContext:
     valid       [B, S] bool  False at padding tokens of this call
     rope        {"main" | "compress": (cos, sin)}, each [B, S, rd/2] fp32, at `positions`
     rotary      {"main" | "compress": RotaryEmbedding}, for tables at other positions (compressed entries)
-    routing_ids [B, S] long or None: token ids for hash-routed MoE layers
+    routing_ids [B, S] long or None: token ids for hash-routed MoE layers (and Engram addresses)
+    engram_rows {layer: [B, S, d_mem]} or None: Engram memory rows gathered ahead of the layers that use them
     memo        per-call values that every layer would otherwise recompute identically (masks)
     """
 
@@ -28,6 +29,7 @@ class ForwardContext:
     rope: dict[str, tuple[torch.Tensor, torch.Tensor]]
     rotary: dict[str, RotaryEmbedding]
     routing_ids: torch.Tensor | None = None
+    engram_rows: dict[int, torch.Tensor] | None = None
     memo: dict = field(default_factory=dict)
 
     @property

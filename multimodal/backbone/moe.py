@@ -70,7 +70,9 @@ class Router(nn.Module):
                 group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)           # [T, G]
             keep = group_scores.topk(cfg.topk_group, dim=-1).indices
             mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep, True)
-            biased = grouped.masked_fill(~mask.unsqueeze(-1), 0.0).flatten(1)
+            # experts of dropped groups can never be chosen (-inf, as the V3 reference and transformers do; a 0.0
+            # fill would let them win when every kept biased score is negative)
+            biased = grouped.masked_fill(~mask.unsqueeze(-1), float("-inf")).flatten(1)
         indices = biased.topk(cfg.num_experts_per_tok, dim=-1, sorted=False).indices
         return self._weights(scores, indices), indices, scores
 
@@ -154,7 +156,8 @@ class Experts(nn.Module):
 class MoE(nn.Module):
     """gate (Router or HashRouter) + experts + shared_experts. x [B, S, dim] -> [B, S, dim].
 
-    After each forward, `last_load` [E] holds how many tokens each expert received (for the bias update).
+    After each forward, `last_load` [E] holds how many tokens each expert received (for the bias update),
+    `last_scores` [T, E] the affinities and `last_indices` [T, k] the chosen experts (for the balance loss).
     """
 
     def __init__(self, dim: int, cfg: MoEConfig, hashed: bool, vocab_size: int) -> None:
@@ -166,6 +169,7 @@ class MoE(nn.Module):
             if cfg.n_shared_experts else None
         self.last_load: torch.Tensor | None = None
         self.last_scores: torch.Tensor | None = None
+        self.last_indices: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
         shape = x.shape
@@ -178,6 +182,7 @@ class MoE(nn.Module):
             weights, indices, scores = self.gate(flat)
         self.last_load = torch.bincount(indices.reshape(-1), minlength=self.experts.w1.shape[0]).detach()
         self.last_scores = scores
+        self.last_indices = indices.detach()
         out = self.experts(flat, indices, weights)
         if self.shared_experts is not None:
             out = out + self.shared_experts(flat)

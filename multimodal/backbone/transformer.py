@@ -17,10 +17,13 @@ from ..config import V4_ATTENTION_TYPES, BackboneConfig
 from .attention import V4Attention
 from .cache import BackboneCache, LayerState
 from .context import ForwardContext
+from .dsa import DSA
+from .engram import Engram
 from .hyper import HyperConnection, HyperHead, hyper_update
 from .mla import MLA
 from .moe import MLP, MoE
 from .mtp import MTPModule
+from .nsa import NSA
 from .norm import RMSNorm
 from .rope import RotaryEmbedding, yarn_mscale
 
@@ -39,12 +42,17 @@ class Block(nn.Module):
             self.attn = V4Attention(dim, cfg.attention, layer_type, eps)
         elif layer_type == "mla":
             self.attn = MLA(dim, cfg.attention, eps)
+        elif layer_type == "dsa":
+            self.attn = DSA(dim, cfg.attention, eps)
+        elif layer_type == "nsa":
+            self.attn = NSA(dim, cfg.attention, cfg.nsa)
         else:
             raise NotImplementedError(f"layer type {layer_type!r} is not built by this backbone yet")
         if mlp_type == "dense":
             self.ffn = MLP(dim, cfg.moe.intermediate_size, cfg.moe.swiglu_limit)
         else:
             self.ffn = MoE(dim, cfg.moe, hashed=mlp_type == "hash_moe", vocab_size=cfg.vocab_size)
+        self.engram: Engram | None = None        # set by Transformer for the blocks in cfg.engram.layers
         self.mhc = cfg.hyper.enabled
         if self.mhc:
             self.hc_attn = HyperConnection(dim, cfg.hyper, eps)
@@ -54,6 +62,8 @@ class Block(nn.Module):
         return self.ffn(x, ctx.routing_ids) if isinstance(self.ffn, MoE) else self.ffn(x)
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext, state: LayerState | None) -> torch.Tensor:
+        if self.engram is not None:
+            x = self.engram(x, ctx, state)                                          # H <- H + Y, before attention
         if not self.mhc:
             x = x + self.attn(self.attn_norm(x), ctx, state)
             return x + self._ffn(self.ffn_norm(x), ctx)
@@ -83,6 +93,8 @@ class Transformer(nn.Module):
         dim = cfg.hidden_size
         self.embed = nn.Embedding(cfg.vocab_size, dim)
         self.layers = nn.ModuleList(Block(cfg, t, m) for t, m in zip(cfg.layer_types, cfg.mlp_layer_types))
+        for i in cfg.engram.layers:
+            self.layers[i].engram = Engram(cfg, i)
         self.hc_head = HyperHead(dim, cfg.hyper, cfg.rms_norm_eps) if cfg.hyper.enabled else None
         self.norm = RMSNorm(dim, cfg.rms_norm_eps)
         self.head = nn.Linear(dim, cfg.vocab_size, bias=False)
@@ -98,7 +110,7 @@ class Transformer(nn.Module):
     def _rotaries(cfg: BackboneConfig) -> dict[str, RotaryEmbedding]:
         a, rd = cfg.attention, cfg.attention.qk_rope_head_dim
         rot = {}
-        if any(t in ("mla", "dsa") for t in cfg.layer_types):
+        if any(t in ("mla", "dsa") for t in cfg.layer_types):   # (nsa layers use the plain "main" rope below)
             # V3: YaRN on the decoupled key; cos/sin scaled by mscale(f, mscale) / mscale(f, mscale_all_dim) (= 1)
             s = a.rope_scaling
             factor = 1.0
@@ -144,6 +156,10 @@ class Transformer(nn.Module):
         b, s, _ = x.shape
         ctx = self.make_context(b, s, x.device, attention_mask, position_ids, cache,
                                 routing_ids if routing_ids is not None else input_ids)
+        if cfg_engram_layers := self.config.engram.layers:
+            if ctx.routing_ids is None:
+                raise ValueError(f"Engram layers {cfg_engram_layers} need token ids (pass input_ids or routing_ids)")
+            ctx.engram_rows = self.prefetch_engram(ctx.routing_ids, cache, x.device)
         h = self.run_layers(x, ctx, cache)
         if cache is not None:
             cache.seen += s
@@ -161,6 +177,19 @@ class Transformer(nn.Module):
         if self.hc_head is not None:
             x = self.hc_head(x)
         return self.norm(x)
+
+    def prefetch_engram(self, token_ids: torch.Tensor, cache: BackboneCache | None,
+                        device: torch.device) -> dict[int, torch.Tensor]:
+        """Gather every Engram layer's memory rows for `token_ids` [B, S] before the layers run -> {layer: [B, S, d_mem]}.
+
+        Addresses depend only on token ids, so the rows come from wherever each table lives (e.g. host memory while
+        the model is on a GPU) and are copied to `device` ahead of the layer that needs them."""
+        rows = {}
+        for i in self.config.engram.layers:
+            engram = self.layers[i].engram
+            state = cache.layers[i].engram if cache is not None else None
+            rows[i] = engram.fetch(engram.addresses(token_ids, state), device)
+        return rows
 
     def new_cache(self) -> BackboneCache:
         return BackboneCache.for_config(self.config)

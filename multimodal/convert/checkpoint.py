@@ -23,6 +23,9 @@ from ..config import BackboneConfig
 from .fp8 import FP8_DTYPES, dequantize_blockwise
 from .hf_config import from_hf_config, to_hf_config
 from .names import disk_to_ours, expert_key, ours_to_disk, stacked_key
+from .names_v3 import V3Names
+
+_V3_TYPES = ("deepseek_v3", "deepseek_v32")
 
 class CheckpointError(ValueError):
     """A checkpoint folder that cannot be loaded: missing files, keys, or shapes that do not fit the config."""
@@ -46,9 +49,13 @@ def _shard_files(path: Path) -> list[Path]:
     return files
 
 
-def read_tensors(path: str | Path, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint folder under OUR names, FP8 dequantised, experts stacked to [E, ...]."""
+def read_tensors(path: str | Path, dtype: torch.dtype = torch.float32,
+                 names: V3Names | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint folder under OUR names, FP8 dequantised, experts stacked to [E, ...].
+
+    `names`: the V3 / V3.2 (Hugging Face) naming scheme; None reads the V4 layout (names.py)."""
     path = Path(path)
+    to_ours = names.disk_to_ours if names is not None else disk_to_ours
     raw: dict[str, torch.Tensor] = {}
     for f in _shard_files(path):
         with safe_open(str(f), framework="pt") as handle:
@@ -66,11 +73,11 @@ def read_tensors(path: str | Path, dtype: torch.dtype = torch.float32) -> dict[s
             scales[key] = found[0]
     companions = set(scales.values())
     for key, t in raw.items():
-        if key in companions:
+        if key in companions or (names is not None and names.ignored(key)):
             continue
         if key in scales:
             t = dequantize_blockwise(t, raw[scales[key]], dtype=dtype)
-        name = disk_to_ours(key)
+        name = to_ours(key)
         ek = expert_key(name)
         if ek is not None:
             experts[(ek[0], ek[2])][ek[1]] = t
@@ -97,7 +104,8 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32,
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{cfg_file}: invalid JSON ({exc})") from exc
     cfg = from_hf_config(hf) if "model_type" in hf else BackboneConfig.from_dict(hf)
-    tensors = read_tensors(path, dtype)
+    names = V3Names(cfg.num_hidden_layers) if hf.get("model_type") in _V3_TYPES else None
+    tensors = read_tensors(path, dtype, names)
     if not any(k.startswith("mtp.") for k in tensors) and cfg.num_nextn_predict_layers:
         cfg = cfg.replace(num_nextn_predict_layers=0)      # the checkpoint ships no MTP weights
     with torch.device("meta"):
@@ -105,6 +113,10 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32,
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
+    no_indexer = sorted(k for k in missing if ".attn.indexer." in k)
+    if no_indexer:
+        raise CheckpointError(f"{path}: the config has DSA layers but the checkpoint lacks their lightning-indexer "
+                              f"weights: {no_indexer}")
     if missing or unexpected:
         raise CheckpointError(f"{path}: checkpoint does not fit the config: missing keys {missing}; "
                               f"unexpected keys {unexpected}")
@@ -142,14 +154,21 @@ def save_pretrained(model: Transformer, path: str | Path, max_shard_bytes: int =
     """Write `config.json` (Hugging Face format) and safetensors shards (+ index when more than one)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    hf = to_hf_config(model.config)
+    names = V3Names(model.config.num_hidden_layers) if hf["model_type"] in _V3_TYPES else None
+    to_disk = names.ours_to_disk if names is not None else ours_to_disk
     disk: dict[str, torch.Tensor] = {}
-    for key, t in model.state_dict().items():
+    state = model.state_dict()
+    for key, t in state.items():
         sk = stacked_key(key)
         if sk is not None:
             for e in range(t.shape[0]):
-                disk[ours_to_disk(f"{sk[0]}.{e}.{sk[1]}.weight")] = t[e].contiguous()
+                disk[to_disk(f"{sk[0]}.{e}.{sk[1]}.weight")] = t[e].contiguous()
         else:
-            disk[ours_to_disk(key)] = t.contiguous()
+            disk[to_disk(key)] = t.contiguous()
+    if names is not None:       # DeepSeek's MTP layers carry their own copies of the embedding and head
+        for copy, ours in names.mtp_copies(model.config.num_nextn_predict_layers).items():
+            disk[copy] = state[ours].clone()
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for key in sorted(disk):
@@ -167,5 +186,4 @@ def save_pretrained(model: Transformer, path: str | Path, max_shard_bytes: int =
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in disk.values())},
                  "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}
         _atomic_write(path / "model.safetensors.index.json", lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2)))
-    hf = to_hf_config(model.config)
     _atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(hf, indent=2) + "\n"))

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 
-_EXPERT = re.compile(r"^(layers\.\d+\.ffn\.experts)\.(\d+)\.(w[123])\.weight$")
-_STACKED = re.compile(r"^(layers\.\d+\.ffn\.experts)\.(w[123])$")
+_EXPERT = re.compile(r"^((?:layers\.\d+|mtp\.\d+\.block)\.ffn\.experts)\.(\d+)\.(w[123])\.weight$")
+_STACKED = re.compile(r"^((?:layers\.\d+|mtp\.\d+\.block)\.ffn\.experts)\.(w[123])$")
 _HC = re.compile(r"^((?:layers\.\d+\.)?|mtp\.\d+\.block\.)hc_(attn|ffn|head)_(fn|base|scale)$")
 
 
