@@ -17,8 +17,8 @@ from safetensors.torch import load_file, save_file
 from multimodal.backbone.generate import greedy_generate
 from multimodal.convert.checkpoint import CheckpointError, load_pretrained, save_pretrained
 
-from hf_oracle import transformers
-from v3_oracle import save_random_v3
+from .hf_oracle import transformers
+from .v3_oracle import save_random_v3
 
 TOL = 1e-4
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from hf_oracle import randomize_, transformers
+from .hf_oracle import randomize_, transformers
 
 
 def v3_hf_kwargs(**overrides) -> dict:
