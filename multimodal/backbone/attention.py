@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..config import AttentionConfig
+from ..kernels.dispatch import use_triton
 from .cache import LayerState
 from .compressor import Compressor
 from .context import ForwardContext
@@ -114,30 +115,69 @@ class V4Attention(nn.Module):
             keys, k_index, k_valid = kv, ctx.q_index, ctx.valid
         else:
             keys, _, k_index, k_valid = state.window.extend(kv, ctx.q_index, ctx.valid)
-        key = ("window_bias", self.window, k_index.shape[0], state is None)     # same for every V4 layer
-        bias = ctx.memo.get(key)
-        if bias is None:
-            bias = ctx.memo[key] = window_bias(ctx.q_index, k_index, k_valid, self.window, q.dtype)   # [B, 1, S, L]
 
-        # 2. compressed entries
+        # 2. compressed entries, and for CSA the indexer's choice among them
+        entries = top = None
         if self.compressor is not None:
             rotary = ctx.rotary["compress"]
             entries = self.compressor(x, rotary, state.compressor if state else None)   # [B, T, D]
             if self.indexer is not None:
                 top = self.indexer(x, q_res, ctx.positions, (cos, sin), rotary, state.indexer if state else None)
-                if s == 1:   # decode: gather the chosen entries instead of masking all of them
-                    entries, entry_bias = self._gather(entries, top)
-                else:
-                    entry_bias = self._selection_bias(top, entries.shape[1])
-            else:
-                entry_bias = self._causal_entry_bias(ctx.positions, entries.shape[1], q.dtype)
-            keys = torch.cat([keys, entries], dim=1)
-            bias = torch.cat([bias, entry_bias.to(bias.dtype)], dim=-1)
 
-        out = sink_attention(q, keys, bias, self.attn_sink, self.scale)              # [B, S, H, D]
+        # 3. attention over window + entries: index lists for the sparse kernel, else one additive mask
+        if use_triton("sparse_mqa", q):
+            from ..kernels.sparse_attention import sparse_mqa
+            keys, index = self._index_lists(keys, k_index, k_valid, entries, top, ctx)
+            out = sparse_mqa(q, keys, index, self.scale, self.attn_sink)               # [B, S, H, D]
+        else:
+            keys, bias = self._masked_keys(keys, k_index, k_valid, entries, top, ctx, state is None, q.dtype)
+            out = sink_attention(q, keys, bias, self.attn_sink, self.scale)          # [B, S, H, D]
         out = apply_rope(out, cos, -sin)                                            # undo the value's rotation
         out = self.wo_a(out.reshape(b, s, self.groups, -1)).flatten(2)              # [B, S, g*r]
         return self.wo_b(out)
+
+    def _masked_keys(self, keys: torch.Tensor, k_index: torch.Tensor, k_valid: torch.Tensor,
+                     entries: torch.Tensor | None, top: torch.Tensor | None, ctx: ForwardContext, stateless: bool,
+                     dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """All keys [B, L(+T|k), D] and an additive mask [B, 1, S, L(+T|k)] for `sink_attention`."""
+        memo_key = ("window_bias", self.window, k_index.shape[0], stateless)          # same for every V4 layer
+        bias = ctx.memo.get(memo_key)
+        if bias is None:
+            bias = ctx.memo[memo_key] = window_bias(ctx.q_index, k_index, k_valid, self.window, dtype)
+        if entries is None:
+            return keys, bias
+        if top is None:
+            entry_bias = self._causal_entry_bias(ctx.positions, entries.shape[1], dtype)
+        elif ctx.seq_len == 1:      # decode: gather the chosen entries instead of masking all of them
+            entries, entry_bias = self._gather(entries, top)
+        else:
+            entry_bias = self._selection_bias(top, entries.shape[1])
+        return torch.cat([keys, entries], dim=1), torch.cat([bias, entry_bias.to(bias.dtype)], dim=-1)
+
+    def _index_lists(self, keys: torch.Tensor, k_index: torch.Tensor, k_valid: torch.Tensor,
+                     entries: torch.Tensor | None, top: torch.Tensor | None,
+                     ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """All keys [B, L+T, D] and, per query, the positions it attends [B, S, W + k|T] (-1 = none).
+
+        Keys hold consecutive storage indices, so the window of query i is storage (i - W, i], i.e. key
+        positions i - W + 1 - k_index[0] ... i - k_index[0]; entries follow the L raw keys."""
+        b, length = keys.shape[0], keys.shape[1]
+        pos = ctx.q_index.view(-1, 1) - self.window + 1 + torch.arange(self.window, device=keys.device)  # [S, W]
+        pos = pos - k_index[0]
+        inside = pos >= 0
+        pos = pos.clamp(min=0).unsqueeze(0).expand(b, -1, -1)                          # [B, S, W]
+        ok = inside.unsqueeze(0) & torch.gather(k_valid, 1, pos.flatten(1)).view_as(pos)
+        index = torch.where(ok, pos, torch.full_like(pos, -1))
+        if entries is None:
+            return keys, index
+        if top is None:      # HCA: every entry whose window ended at or before the query's position
+            t = entries.shape[1]
+            entry = torch.arange(t, device=keys.device).view(1, 1, -1).expand(b, ctx.seq_len, -1)
+            seen = entry < ((ctx.positions + 1) // self.rate).unsqueeze(-1)
+            chosen = torch.where(seen, entry + length, torch.full_like(entry, -1))
+        else:                # CSA: the indexer's choice
+            chosen = torch.where(top >= 0, top + length, top)
+        return torch.cat([keys, entries], dim=1), torch.cat([index, chosen], dim=-1)
 
     def _causal_entry_bias(self, positions: torch.Tensor, t: int, dtype: torch.dtype) -> torch.Tensor:
         """HCA: query at position p sees entry w iff its window ended at or before p: w < (p + 1) // rate."""

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import HyperConfig
+from ..kernels.dispatch import use_triton
 from .norm import rms_normalize
 
 
@@ -57,6 +58,9 @@ class HyperConnection(nn.Module):
         self.scale = nn.Parameter(torch.ones(3))
 
     def forward(self, streams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if use_triton("mhc_pre", streams):                    # fused norm + projection + Sinkhorn + collapse
+            from ..kernels.mhc import mhc_pre
+            return mhc_pre(streams, self.fn, self.base, self.scale, self.iters, self.eps, self.norm_eps)
         n = self.n
         flat = rms_normalize(streams.flatten(-2).float(), self.norm_eps)              # [B, S, nD]
         mixes = F.linear(flat, self.fn.float())                                       # [B, S, (2+n)n]
@@ -77,6 +81,9 @@ def hyper_update(block_out: torch.Tensor, streams: torch.Tensor, post: torch.Ten
 
     block_out [B, S, D], streams [B, S, n, D], post [B, S, n], comb [B, S, n, n] -> [B, S, n, D]
     """
+    if use_triton("mhc_post", streams):
+        from ..kernels.mhc import mhc_post
+        return mhc_post(block_out, streams, post, comb)
     dtype = streams.dtype
     mixed = torch.matmul(comb.to(dtype).transpose(-1, -2), streams)                   # [B, S, n, D]
     return post.to(dtype).unsqueeze(-1) * block_out.unsqueeze(-2) + mixed

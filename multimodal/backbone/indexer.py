@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import AttentionConfig
+from ..kernels.dispatch import use_triton
 from .cache import CompressorState
 from .compressor import Compressor
 from .rope import RotaryEmbedding, apply_rope
@@ -60,5 +61,9 @@ class Indexer(nn.Module):
         q = self.wq_b(q_residual).view(b, s, self.n_heads, self.head_dim)            # [B, S, Hi, Di]
         q = apply_rope(q, *rope)
         w = self.weights_proj(x).float() * self.n_heads ** -0.5                      # [B, S, Hi]
+        threshold = (positions + 1) // self.rate
+        if keys.shape[1] and use_triton("indexer_topk", q):     # chunked scoring: no [B, S, T] buffer
+            from ..kernels.indexer import indexer_topk
+            return indexer_topk(q, keys, w, threshold, self.topk, self.head_dim ** -0.5)
         scores = index_scores(q, keys, w, self.head_dim ** -0.5)
-        return select_topk(scores, (positions + 1) // self.rate, self.topk)
+        return select_topk(scores, threshold, self.topk)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import MoEConfig
+from ..kernels.dispatch import use_triton
 
 
 def score_function(name: str, logits: torch.Tensor) -> torch.Tensor:
@@ -150,6 +151,9 @@ class Experts(nn.Module):
             nn.init.normal_(w, std=0.02)
 
     def forward(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] and use_triton("moe_ffn", x):          # Triton grouped GEMM (CUDA, or forced)
+            from ..kernels.moe import moe_ffn
+            return moe_ffn(x, self.w1, self.w3, self.w2, indices, weights, self.limit)
         return grouped_experts(x, self.w1, self.w3, self.w2, indices, weights, self.limit)
 
 
