@@ -6,8 +6,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from multimodal.decoders.flow import (FlowHeadConfig, flow_matching_loss, grid_position_features, patchify,
-                                      unpatchify)
+from multimodal.decoders.flow import FlowHeadConfig, flow_matching_loss, grid_position_features
 from multimodal.decoders.image import ImageHead
 from multimodal.decoders.video import VideoHead, latent_frames
 
@@ -24,16 +23,6 @@ def randomise(head: torch.nn.Module) -> None:
         for p in head.parameters():
             if p.abs().sum() == 0 and p.ndim == 2:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-
-
-def test_patchify_round_trip_and_order():
-    x = torch.arange(2 * 3 * 2 * 4 * 6, dtype=torch.float32).view(2, 3, 2, 4, 6)
-    tokens = patchify(x, 2)
-    assert tokens.shape == (2, 2 * 2 * 3, 3 * 4)
-    torch.testing.assert_close(unpatchify(tokens, 3, 2, 4, 6, 2), x)
-    torch.testing.assert_close(tokens[0, 1, :4], x[0, 0, 0, 0:2, 2:4].reshape(-1))   # (t=0, row 0, col 1), channel 0
-    with pytest.raises(ValueError, match="not divisible"):
-        patchify(torch.zeros(1, 3, 1, 5, 4), 2)
 
 
 def test_grid_positions_are_distinct_per_time_row_column():
