@@ -94,3 +94,10 @@ def test_seeded_sampling_is_reproducible_and_repetition_penalty_changes_choices(
     strong = run(backbone, GenerationConfig(max_new_tokens=12, repetition_penalty=1e4), prompt).tokens[0]
     assert len(set(strong)) == len(strong) and not {0, 5, 6, first} & set(strong)
     assert plain != strong
+
+
+def test_vocab_limit_masks_ids_past_the_tokenizer():
+    logits = torch.tensor([[0.0, 1.0, 5.0, 9.0]])
+    cfg = GenerationConfig(vocab_limit=2)
+    scores = process_logits(logits, torch.zeros(1, 4, dtype=torch.bool), cfg)
+    assert choose_tokens(scores, cfg, [None]).tolist() == [1]
