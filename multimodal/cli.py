@@ -14,6 +14,8 @@ import sys
 COMMAND_MODULES = (
     "multimodal.commands.info",
     "multimodal.commands.train_autoencoder",
+    "multimodal.commands.generate",
+    "multimodal.commands.caption",
 )
 
 
