@@ -16,6 +16,8 @@ COMMAND_MODULES = (
     "multimodal.commands.train_autoencoder",
     "multimodal.commands.generate",
     "multimodal.commands.caption",
+    "multimodal.commands.world",
+    "multimodal.commands.eval",
 )
 
 
