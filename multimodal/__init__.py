@@ -11,8 +11,33 @@ from multimodal.eval.metrics import score_captions
 from multimodal.eval.scene import parse_frames
 from multimodal.eval.scorer import score_frames
 
+# the unified model, its heads' configs, and the pipelines
+from multimodal.decoders.flow import FlowHeadConfig
+from multimodal.decoders.text import GenerationConfig
+from multimodal.model import ModelConfig, Segment, UnifiedModel, model_preset
+from multimodal.pipelines import (
+    ImageCaptionPipeline,
+    TextGenerationPipeline,
+    TextToImagePipeline,
+    TextToVideoPipeline,
+    VideoCaptionPipeline,
+    export_to_video,
+)
+
 __all__ = [
     "__version__",
+    "FlowHeadConfig",
+    "GenerationConfig",
+    "ImageCaptionPipeline",
+    "ModelConfig",
+    "Segment",
+    "TextGenerationPipeline",
+    "TextToImagePipeline",
+    "TextToVideoPipeline",
+    "UnifiedModel",
+    "VideoCaptionPipeline",
+    "export_to_video",
+    "model_preset",
     "WorldDataConfig",
     "WorldDataset",
     "WorldSample",

@@ -73,6 +73,11 @@ def caption_corpus() -> list[str]:
            [sample_video(split_seed("train", i)).caption for i in range(300)]
 
 
+def _library_class(obj: Any) -> list[str]:
+    """[module, class name] of a component, as model_index.json records it."""
+    return [type(obj).__module__, type(obj).__name__]
+
+
 class MultimodalPipeline(DiffusionPipeline):
     """Base of the five task pipelines: components, from_pretrained / save_pretrained / to / from_scratch."""
 
@@ -162,14 +167,14 @@ class MultimodalPipeline(DiffusionPipeline):
         self.model.save_pretrained(path / "model")
         self.tokenizer.save(path / "tokenizer")
         index: dict[str, Any] = {"_class_name": type(self).__name__, "_diffusers_version": diffusers.__version__,
-                                 "model": ["multimodal", "UnifiedModel"], "tokenizer": ["multimodal", "TextTokenizer"],
+                                 "model": _library_class(self.model), "tokenizer": _library_class(self.tokenizer),
                                  "vae": [None, None], "scheduler": [None, None]}
         if self.vae is not None:
             (path / "vae").mkdir(exist_ok=True)
             self.vae.save_pretrained(path / "vae" / "autoencoder.safetensors")
             cfg_text = json.dumps(self.vae.config.to_dict(), indent=2) + "\n"
             _atomic(path / "vae" / "config.json", lambda tmp: Path(tmp).write_text(cfg_text))
-            index["vae"] = ["multimodal", "CausalAutoencoder"]
+            index["vae"] = _library_class(self.vae)
         if self.scheduler is not None:
             (path / "scheduler").mkdir(exist_ok=True)
             text = self.scheduler.to_json_string()

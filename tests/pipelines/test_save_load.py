@@ -16,6 +16,8 @@ def test_layout_and_round_trip_for_every_task(pipe, tmp_path):
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == "TextToImagePipeline"
     assert index["scheduler"] == ["diffusers", "FlowMatchEulerDiscreteScheduler"]
+    assert index["model"] == ["multimodal.model", "UnifiedModel"]
+    assert index["vae"] == ["multimodal.tokenizers.autoencoder", "CausalAutoencoder"]
     for part in ("model/config.json", "model/model.safetensors", "vae/config.json", "vae/autoencoder.safetensors",
                  "tokenizer/tokenizer.json", "scheduler/scheduler_config.json"):
         assert (folder / part).is_file(), part
