@@ -28,6 +28,7 @@ class GenerationConfig:
     """Decoding settings. `do_sample=False` is greedy (temperature, top-k and top-p are then ignored)."""
 
     max_new_tokens: int = 32
+    min_new_tokens: int = 0              # eos and stop tokens cannot be chosen before this many new tokens
     do_sample: bool = False
     temperature: float = 1.0
     top_k: int = 0                       # 0 = off
@@ -41,6 +42,9 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"min_new_tokens must be in [0, max_new_tokens={self.max_new_tokens}], got "
+                             f"{self.min_new_tokens}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.top_k < 0:
@@ -164,6 +168,10 @@ def generate_text(
     logits = out.logits[:, -1]                                                      # [B, V]
     mask, last = attention_mask, position_ids[:, -1:]
     for step in range(config.max_new_tokens):
+        if step < config.min_new_tokens:
+            blocked = [t for t in (eos, *stops) if t is not None]
+            logits = logits.clone()
+            logits[:, blocked] = float("-inf")
         nxt = choose_tokens(process_logits(logits, seen, config), config, gens)          # [B]
         for i, tok in enumerate(nxt.tolist()):
             if done[i]:

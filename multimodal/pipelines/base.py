@@ -125,10 +125,10 @@ class MultimodalPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------------------------------------ text output
     def generate_text(self, samples: list[list[Segment]], max_new_tokens: int, do_sample: bool, temperature: float,
                       top_k: int, top_p: float, repetition_penalty: float, stop_strings: str | list[str] | None,
-                      stop_token_ids: list[int] | None, generator) -> TextPipelineOutput:
+                      stop_token_ids: list[int] | None, generator, min_new_tokens: int = 0) -> TextPipelineOutput:
         """Decode text after each sample with the text head (one prefill, then the caches) -> `TextPipelineOutput`."""
-        cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
-                               top_p=top_p, repetition_penalty=repetition_penalty,
+        cfg = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=do_sample,
+                               temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
                                stop_strings=tuple([stop_strings] if isinstance(stop_strings, str) else stop_strings or ()),
                                stop_token_ids=tuple(stop_token_ids or ()), eos_token_id=self.tokenizer.eos_id,
                                vocab_limit=self.tokenizer.vocab_size)

@@ -48,6 +48,7 @@ class ImageCaptionPipeline(MultimodalPipeline):
         image: Any,
         prompt: str | None = None,
         max_new_tokens: int = 32,
+        min_new_tokens: int = 0,
         do_sample: bool = False,
         temperature: float = 1.0,
         top_k: int = 0,
@@ -70,5 +71,5 @@ class ImageCaptionPipeline(MultimodalPipeline):
         samples = self.model.caption_samples(list(latents), "image", prompts)
         # 3. prefill once, decode with the caches
         out = self.generate_text(samples, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
-                                 stop_strings, stop_token_ids, generator)
+                                 stop_strings, stop_token_ids, generator, min_new_tokens)
         return out if return_dict else (out.text,)

@@ -22,6 +22,7 @@ class TextGenerationPipeline(MultimodalPipeline):
         self,
         prompt: str | list[str],
         max_new_tokens: int = 32,
+        min_new_tokens: int = 0,
         do_sample: bool = False,
         temperature: float = 1.0,
         top_k: int = 0,
@@ -39,5 +40,5 @@ class TextGenerationPipeline(MultimodalPipeline):
         samples = [[Segment.text([bos, *self.tokenizer.encode(p)])] for p in prompts]
         # 2. prefill once, decode with the caches
         out = self.generate_text(samples, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
-                                 stop_strings, stop_token_ids, generator)
+                                 stop_strings, stop_token_ids, generator, min_new_tokens)
         return out if return_dict else (out.text,)

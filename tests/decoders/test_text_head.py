@@ -101,3 +101,13 @@ def test_vocab_limit_masks_ids_past_the_tokenizer():
     cfg = GenerationConfig(vocab_limit=2)
     scores = process_logits(logits, torch.zeros(1, 4, dtype=torch.bool), cfg)
     assert choose_tokens(scores, cfg, [None]).tolist() == [1]
+
+
+def test_min_new_tokens_blocks_eos_until_reached(backbone):
+    toks = run(backbone, GenerationConfig(max_new_tokens=6), [0, 11, 12, 13]).tokens[0]
+    early = run(backbone, GenerationConfig(max_new_tokens=6, eos_token_id=toks[0]), [0, 11, 12, 13])
+    assert early.tokens == [[]] and early.finish_reason == ["eos"]
+    held = run(backbone, GenerationConfig(max_new_tokens=6, min_new_tokens=4, eos_token_id=toks[0]), [0, 11, 12, 13])
+    assert len(held.tokens[0]) >= 4 and toks[0] not in held.tokens[0][:4]
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        GenerationConfig(max_new_tokens=2, min_new_tokens=3)
