@@ -19,6 +19,19 @@ from .eval.metrics import score_captions
 from .eval.scene import parse_frames
 from .eval.scorer import score_frames
 
+# the unified model, its heads' configs, and the pipelines
+from .decoders.flow import FlowHeadConfig
+from .decoders.text import GenerationConfig
+from .model import ModelConfig, Segment, UnifiedModel, model_preset
+from .pipelines import (
+    ImageCaptionPipeline,
+    TextGenerationPipeline,
+    TextToImagePipeline,
+    TextToVideoPipeline,
+    VideoCaptionPipeline,
+    export_to_video,
+)
+
 __all__ = [
     "__version__",
     # backbone
@@ -31,4 +44,8 @@ __all__ = [
     # world and scorer
     "WorldDataConfig", "WorldDataset", "WorldSample", "collate_world", "parse_caption", "parse_frames",
     "render_sample", "sample_image", "sample_video", "score_captions", "score_frames",
+    # unified model, heads, pipelines
+    "UnifiedModel", "ModelConfig", "Segment", "model_preset", "FlowHeadConfig", "GenerationConfig",
+    "TextToImagePipeline", "TextToVideoPipeline", "VideoCaptionPipeline", "ImageCaptionPipeline",
+    "TextGenerationPipeline", "export_to_video",
 ]

@@ -13,9 +13,11 @@ import sys
 
 COMMAND_MODULES = (
     "multimodal.commands.info",
+    "multimodal.commands.train_autoencoder",
+    "multimodal.commands.generate",
+    "multimodal.commands.caption",
     "multimodal.commands.world",
     "multimodal.commands.eval",
-    "multimodal.commands.train_autoencoder",
 )
 
 

@@ -1,0 +1,129 @@
+"""Seconds per image, per video, per caption and per text continuation, and the speed-up of head-only denoising, as JSON.
+
+    python benchmarks/pipelines.py [--model PATH | --preset tiny] [--steps 28] [--repeats 3] [--threads N]
+
+On each device (CPU, and CUDA when present) it times, side by side in one run and on the same model:
+
+- text-to-image (one 64x64 image) and text-to-video (one 17-frame clip), CFG on, `--steps` steps, vae decode included;
+- video and image captioning and text generation (exactly `--tokens` new tokens: greedy, `min_new_tokens`);
+- the denoising loop two ways, with the same scheduler, noise and guidance:
+  `head_only`: the backbone runs once over prompt + queries, then only the flow head per step (what the pipelines do);
+  `backbone_every_step`: the backbone recomputes the query states at every step, then the head (how a model whose
+  transformer itself denoises, e.g. Transfusion, pays per step). Both give the same latents (`max_abs_diff`).
+
+Without `--model`, a randomly initialised pipeline of `--preset` is timed: speed does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+
+from multimodal.pipelines import (ImageCaptionPipeline, TextGenerationPipeline, TextToImagePipeline,
+                                  TextToVideoPipeline, VideoCaptionPipeline)
+from multimodal.pipelines.visual_generation import set_scheduler_timesteps
+
+
+def timed(fn, repeats: int, device: torch.device) -> float:
+    """Median seconds of `fn()` over `repeats` runs, after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+@torch.no_grad()
+def denoise(pipe: TextToImagePipeline, kind: str, steps: int, guidance: float, every_step: bool,
+            shape: tuple[int, ...]) -> torch.Tensor:
+    """The CFG flow loop of `VisualGenerationPipeline`, optionally recomputing the backbone states at every step."""
+    model, head = pipe.model, pipe.model.head(kind)
+    ids = [pipe.tokenizer.encode("a red circle above a blue square"), []]          # conditional, unconditional
+    latents = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(pipe.device, pipe.dtype)
+    timesteps = set_scheduler_timesteps(pipe.scheduler, steps, pipe.device, shape[2] * shape[3] * shape[4])
+    cond = None if every_step else model.encode_prompts(ids, kind)                 # [2, Nq, dim], once
+    for t in timesteps:
+        states = model.encode_prompts(ids, kind) if every_step else cond
+        tt = t.to(pipe.device, torch.float32).expand(2)
+        v_c, v_u = head(torch.cat([latents, latents]), tt, states).chunk(2)
+        v = v_u + guidance * (v_c - v_u)
+        latents = pipe.scheduler.step(v, t, latents, return_dict=False)[0]
+    return latents
+
+
+def bench_device(pipe: TextToImagePipeline, device: torch.device, args) -> dict:
+    pipe.to(device)
+    video = TextToVideoPipeline.from_pipe(pipe)
+    vcap, icap, text = (cls.from_pipe(pipe) for cls in (VideoCaptionPipeline, ImageCaptionPipeline,
+                                                         TextGenerationPipeline))
+    for p in (pipe, video, vcap, icap, text):
+        p.set_progress_bar_config(disable=True)
+    cfg = pipe.model.config
+    clip = np.random.default_rng(0).integers(0, 256, (cfg.num_frames, cfg.height, cfg.width, 3), dtype=np.uint8)
+    gen = torch.Generator().manual_seed(0)
+    no_eos = dict(max_new_tokens=args.tokens, min_new_tokens=args.tokens)           # exactly --tokens tokens
+    r = {
+        "seconds_per_image": timed(lambda: pipe("a red circle above a blue square", num_inference_steps=args.steps,
+                                                generator=gen, output_type="np"), args.repeats, device),
+        "seconds_per_video": timed(lambda: video("a small blue square moves left", num_inference_steps=args.steps,
+                                                 generator=gen, output_type="np"), args.repeats, device),
+        "seconds_per_video_caption": timed(lambda: vcap(clip, **no_eos), args.repeats, device),
+        "seconds_per_image_caption": timed(lambda: icap(clip[0], **no_eos), args.repeats, device),
+        "seconds_per_text": timed(lambda: text("a red circle", **no_eos), args.repeats, device),
+    }
+    for kind, shape in (("image", pipe.model.image_head.latent_shape(1, cfg.height, cfg.width, cfg.spatial_compression)),
+                        ("video", pipe.model.video_head.latent_shape(1, cfg.num_frames, cfg.height, cfg.width,
+                                                                     cfg.temporal_compression, cfg.spatial_compression))):
+        fast = timed(lambda: denoise(pipe, kind, args.steps, 3.0, False, shape), args.repeats, device)
+        slow = timed(lambda: denoise(pipe, kind, args.steps, 3.0, True, shape), args.repeats, device)
+        diff = (denoise(pipe, kind, args.steps, 3.0, False, shape) - denoise(pipe, kind, args.steps, 3.0, True, shape))
+        r[f"{kind}_denoise"] = {"head_only_seconds": fast, "backbone_every_step_seconds": slow,
+                                "speedup": slow / fast, "max_abs_diff": float(diff.abs().max())}
+    return r
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="saved pipeline folder or built-in name (default: random --preset)")
+    parser.add_argument("--preset", default="tiny", choices=("debug", "tiny"))
+    parser.add_argument("--steps", type=int, default=28)
+    parser.add_argument("--tokens", type=int, default=16, help="new tokens per caption / text")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pipe = (TextToImagePipeline.from_pretrained(args.model) if args.model
+            else TextToImagePipeline.from_scratch(args.preset, seed=0))
+    cfg = pipe.model.config
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    report = {
+        "model": args.model or f"random {args.preset}",
+        "parameters": {"backbone": sum(p.numel() for p in pipe.model.backbone.parameters()),
+                       "image_head": sum(p.numel() for p in pipe.model.image_head.parameters()),
+                       "video_head": sum(p.numel() for p in pipe.model.video_head.parameters()),
+                       "vae": sum(p.numel() for p in pipe.vae.parameters())},
+        "settings": {"steps": args.steps, "guidance_scale": 3.0, "new_tokens": args.tokens, "repeats": args.repeats,
+                     "height": cfg.height, "width": cfg.width, "num_frames": cfg.num_frames,
+                     "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                     "machine": platform.processor() or platform.machine()},
+        "devices": {},
+    }
+    for device in devices:
+        report["devices"][device.type] = bench_device(pipe, device, args)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
