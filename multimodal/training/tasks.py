@@ -110,6 +110,10 @@ class Task(Protocol):
 
     def collate(self, items: Sequence[Any], device: torch.device) -> dict[str, Any]: ...
 
+    def weight(self, batch: dict[str, Any]) -> float:
+        """How many loss elements the batch's mean loss averages over (its share of a gradient-accumulated update)."""
+        ...
+
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
@@ -129,6 +133,10 @@ class TextTask:
         captions = [item if isinstance(item, str) else item["caption"] for item in items]
         enc = self.tokenizer(captions, add_bos=True, add_eos=True, max_length=self.seq_len)
         return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
+
+    def weight(self, batch: dict[str, Any]) -> float:
+        """Predicted tokens: every token after the first that is not padding."""
+        return float(batch["attention_mask"][:, 1:].sum())
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         ids, mask = batch["input_ids"], batch["attention_mask"]

@@ -104,7 +104,10 @@ class Trainer:
         self.stop_requested = False          # set from a signal handler for a clean stop with a checkpoint
         self.amp_dtype = autocast_dtype(config.precision, self.device)
         self.skipped_items = 0
+        self.train_seconds = 0.0             # seconds spent in updates, summed over resumes
+        self._resume_from: Path | None = None
         self._setup()
+        self._last_saved = self.step if self._resume_from is not None else -1
 
     # ------------------------------------------------------------------------------------------ construction
     def is_main_process(self) -> bool:
@@ -271,28 +274,40 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
+    def clip_gradients(self) -> float:
+        """Clip the global gradient L2 norm to `grad_clip` (0: no clipping); returns the norm before clipping."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
     def train_step(self) -> dict[str, Any]:
-        """One optimizer update over `grad_accum` micro-batches; returns the step's log record."""
+        """One optimizer update over `grad_accum` micro-batches; returns the step's log record.
+
+        The micro-batches are collated first, so each one's loss can be weighted by its share of the update's
+        loss elements (tokens for text): the accumulated gradient is the gradient of the update's mean loss,
+        the same as one micro-batch holding all the samples would give."""
         cfg = self.config
         self.model.train()
         lr = self.schedule.apply(self.optimizer)
-        total, tokens, per_task = 0.0, 0.0, {}
+        micro_batches = []
         for micro in range(cfg.grad_accum):
             name = self.mix.choose(self.step, micro)
             batch = self.tasks[name].collate(self._items(name, cfg.micro_batch_size), self.device)
+            micro_batches.append((name, batch, float(self.tasks[name].weight(batch))))
+        total_weight = sum(w for _, _, w in micro_batches)
+        total, tokens, per_task = 0.0, 0.0, {}
+        for name, batch, weight in micro_batches:
             with self._autocast():
                 loss, stats = self.tasks[name].loss(self.model, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the {name} loss is {float(loss)} at step {self.step}; the last checkpoint "
                                          f"is intact (lower lr, or check the data)")
-            (loss / cfg.grad_accum).backward()
+            (loss * (weight / total_weight)).backward()
             self.loads.collect()
-            total += float(loss.detach()) / cfg.grad_accum
+            total += float(loss.detach()) * weight / total_weight
             tokens += stats.get("tokens", 0.0)
             per_task.setdefault(name, []).append(float(loss.detach()))
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        grad_norm = self.clip_gradients()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         balance = self.loads.apply() if cfg.router_bias_update else self.loads.reset()
@@ -340,8 +355,6 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.config
-        self.train_seconds = getattr(self, "train_seconds", 0.0)
-        self._last_saved = self.step if self._resume_from is not None else -1
         start, last_eval, last_loss = time.perf_counter(), {}, None
         bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
                    disable=not (cfg.progress and self.is_main_process()))
