@@ -4,14 +4,18 @@ JSON keys equal field names; `TrainConfig.from_dict` rejects unknown keys by nam
 bad values by name. A run's config is written next to its checkpoints (`<out>/train_config.json`), so a run is
 reproduced by `multimodal train --config <out>/train_config.json`.
 
-Task weights (`tasks`) are relative sampling probabilities of the tasks in `multimodal.training.tasks.TASKS`;
-each micro-batch is one task, chosen by a seeded draw (see `TaskMix`). The default mix of the multimodal presets:
+Task weights (`tasks`) are relative sampling probabilities of the tasks in `TASK_NAMES`;
+each micro-batch is one task, chosen by a seeded draw (see `TaskMix`), and every micro-batch counts equally in its
+update. `text` alone trains the backbone as a language model; any other task trains the unified model
+(`multimodal.model.UnifiedModel`) with the frozen autoencoder. The mix of the `mix-debug` / `mix-tiny` presets:
 
-| task            | weight | why                                                                      |
-|-----------------|--------|--------------------------------------------------------------------------|
-| `text`          | 1.0    | language modelling on captions: cheap, keeps the text head fluent        |
-
-Only tasks whose model parts exist can be listed; the others are rejected by name when the run starts.
+| task            | weight | why                                                                               |
+|-----------------|--------|-----------------------------------------------------------------------------------|
+| `text_to_image` | 0.30   | the hardest skill and the one the quality table scores most (image accuracy)      |
+| `text_to_video` | 0.25   | motion on top of appearance; a clip costs ~5x an image, so slightly fewer         |
+| `image_to_text` | 0.15   | captioning is learned faster than generation (a short, closed-vocabulary caption) |
+| `video_to_text` | 0.15   | the same for clips; motion words need the video tokens                            |
+| `text`          | 0.15   | language modelling on captions: cheap, keeps the text head fluent                 |
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 OPTIMIZERS = ("adamw", "muon")
+TASK_NAMES = ("text", "text_to_image", "text_to_video", "image_to_text", "video_to_text")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -39,6 +44,7 @@ class TrainConfig:
     # model
     preset: str = "debug"                      # backbone preset of `multimodal.config.PRESETS`
     model: dict[str, Any] = field(default_factory=dict)   # BackboneConfig field overrides (sub-configs as dicts)
+    autoencoder: str = ""                      # media tasks: the frozen autoencoder's weights ("" = the shipped ones)
     # data
     data: str = "world"                        # "world", or a folder / .jsonl of (image or video, caption) pairs
     tasks: dict[str, float] = field(default_factory=lambda: {"text": 1.0})
@@ -96,6 +102,8 @@ class TrainConfig:
         _check(self.mtp_weight >= 0, f"mtp_weight must be >= 0, got {self.mtp_weight}")
         _check(self.max_time >= 0, f"max_time must be >= 0 seconds, got {self.max_time}")
         _check(bool(self.tasks), "tasks must name at least one task")
+        unknown = sorted(set(self.tasks) - set(TASK_NAMES))
+        _check(not unknown, f"unknown tasks {unknown}; choose from {list(TASK_NAMES)}")
         bad = {k: v for k, v in self.tasks.items() if not v >= 0}
         _check(not bad, f"task weights must be >= 0, got {bad}")
         _check(sum(self.tasks.values()) > 0, f"task weights must not all be 0, got {self.tasks}")
@@ -139,6 +147,8 @@ class TrainConfig:
 
 
 # --------------------------------------------------------------------------------------------------------- presets
+MIX = {"text_to_image": 0.30, "text_to_video": 0.25, "image_to_text": 0.15, "video_to_text": 0.15, "text": 0.15}
+
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # seconds on a laptop CPU: the debug backbone (89k parameters) learning world captions
     "debug": dict(preset="debug", vocab_size=512, seq_len=32, micro_batch_size=8, max_steps=200, warmup_steps=10,
@@ -146,6 +156,11 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # the tiny backbone (10.6M parameters); a GPU run of a few thousand steps
     "tiny": dict(preset="tiny", vocab_size=1024, seq_len=64, micro_batch_size=32, max_steps=5000, warmup_steps=200,
                  lr=1e-3, eval_every=250, save_every=500),
+    # the unified model on every task of the world (the built-in model's recipe at debug / tiny size)
+    "mix-debug": dict(preset="debug", tasks=dict(MIX), vocab_size=512, seq_len=32, micro_batch_size=4, grad_accum=2,
+                      max_steps=200, warmup_steps=10, lr=2e-3, eval_every=50, save_every=50),
+    "mix-tiny": dict(preset="tiny", tasks=dict(MIX), vocab_size=1024, seq_len=64, micro_batch_size=16, grad_accum=4,
+                     max_steps=20000, warmup_steps=500, lr=5e-4, eval_every=500, save_every=1000),
 }
 
 

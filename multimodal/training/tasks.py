@@ -103,10 +103,12 @@ def backbone_of(model: nn.Module) -> nn.Module:
 
 
 class Task(Protocol):
-    """One training task: `needs_pixels` says whether `collate` needs decoded media or only captions."""
+    """One training task: `needs_pixels` says whether `collate` needs decoded media or only captions; `data_kind`
+    which items its stream serves ("mixed", "image" or "video")."""
 
     name: str
     needs_pixels: bool
+    data_kind: str
 
     def collate(self, items: Sequence[Any], device: torch.device) -> dict[str, Any]: ...
 
@@ -128,6 +130,7 @@ class TextTask:
     mtp_weight: float = 0.3
     name: str = "text"
     needs_pixels: bool = False
+    data_kind: str = "mixed"                 # captions of images and videos alike
 
     def collate(self, items: Sequence[Any], device: torch.device) -> dict[str, Any]:
         captions = [item if isinstance(item, str) else item["caption"] for item in items]
@@ -141,7 +144,10 @@ class TextTask:
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         ids, mask = batch["input_ids"], batch["attention_mask"]
         backbone = backbone_of(model)
-        out = model(ids, attention_mask=mask) if backbone is model else backbone(ids, attention_mask=mask)
+        if hasattr(model, "embed_text"):              # the unified model: text embeddings carry the TEXT modality
+            out = backbone(inputs_embeds=model.embed_text(ids), attention_mask=mask, routing_ids=ids)
+        else:
+            out = model(ids, attention_mask=mask) if backbone is model else backbone(ids, attention_mask=mask)
         target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)                   # [B, S-1]
         lm = F.cross_entropy(out.logits[:, :-1].flatten(0, 1).float(), target.reshape(-1), ignore_index=-100)
         total = lm
@@ -154,4 +160,4 @@ class TextTask:
         return total, stats
 
 
-TASKS: dict[str, type] = {"text": TextTask}
+TEXT_TASKS = ("text",)

@@ -29,6 +29,7 @@ model files.
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import time
 from dataclasses import dataclass
@@ -41,14 +42,14 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from ..backbone.transformer import Transformer
-from ..config import preset
+from ..config import BackboneConfig, preset
 from .balance import LoadTracker
 from .checkpoint import latest_checkpoint, load_checkpoint, restore_rng, rng_of, save_checkpoint
 from .config import TrainConfig
 from .metrics import MetricsLog, plot_metrics, read_metrics
 from .optimizer import build_optimizer
 from .schedule import WarmupCosine
-from .tasks import TASKS, SampleStream, TaskMix, caption_of
+from .tasks import TEXT_TASKS, SampleStream, TaskMix, TextTask, caption_of
 from .validation import validation_loss
 
 Evaluator = Callable[["Trainer"], dict[str, float]]
@@ -115,20 +116,35 @@ class Trainer:
         return not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
             or torch.distributed.get_rank() == 0
 
-    def build_datasets(self) -> tuple[Dataset, Dataset | None]:
-        """(train, validation) datasets: world splits, or the user's pairs with every 20th held out."""
+    @property
+    def trains_media(self) -> bool:
+        """Whether any task sees pixels (then the model is the unified model, with the frozen autoencoder)."""
+        return any(name not in TEXT_TASKS for name, w in self.config.tasks.items() if w > 0)
+
+    def build_datasets(self) -> tuple[dict[str, Dataset], dict[str, Dataset | None]]:
+        """(train, validation) datasets by data kind ("mixed", "image", "video"): the world's splits, or the
+        user's pairs with every 20th pair held out for validation."""
         cfg = self.config
+        kinds = ("mixed", "image", "video")
         if cfg.data == "world":
             from ..data.datasets import WorldDataConfig, WorldDataset
-            train = WorldDataset(WorldDataConfig(split="train", modality="mixed", length=cfg.train_samples))
-            val = WorldDataset(WorldDataConfig(split="validation", modality="mixed",
-                                               length=cfg.eval_batches * cfg.micro_batch_size))
+            n_val = cfg.eval_batches * cfg.micro_batch_size
+            train = {k: WorldDataset(WorldDataConfig(split="train", modality=k, length=cfg.train_samples))
+                     for k in kinds}
+            val = {k: WorldDataset(WorldDataConfig(split="validation", modality=k, length=n_val)) for k in kinds}
             return train, val
         from ..data.user_data import UserPairsDataset
         pairs = UserPairsDataset(cfg.data)
-        val_idx = [i for i in range(len(pairs)) if i % 20 == 19]
-        train_idx = [i for i in range(len(pairs)) if i % 20 != 19]
-        return Subset(pairs, train_idx), (Subset(pairs, val_idx) if val_idx else None)
+        train: dict[str, Dataset] = {}
+        val: dict[str, Dataset | None] = {}
+        for kind in kinds:
+            idx = [i for i, p in enumerate(pairs.pairs) if kind == "mixed" or p.kind == kind]
+            train_idx = [i for i in idx if i % 20 != 19]
+            val_idx = [i for i in idx if i % 20 == 19]
+            if train_idx:
+                train[kind] = Subset(pairs, train_idx)
+            val[kind] = Subset(pairs, val_idx) if val_idx else None
+        return train, val
 
     def build_tokenizer(self, train: Dataset):
         """The run's BPE: loaded from `out/tokenizer.json` when resuming, else trained on the training captions."""
@@ -143,8 +159,8 @@ class Trainer:
             tok.save(path)
         return tok
 
-    def model_config(self):
-        """The backbone config: the preset, the config's overrides, and the tokenizer's vocabulary and ids."""
+    def backbone_config(self) -> BackboneConfig:
+        """The backbone: the preset, the config's `model` overrides, and the tokenizer's vocabulary and ids."""
         cfg = self.config
         vocab = -(-self.tokenizer.vocab_size // 64) * 64          # round up: friendlier matmul shapes
         backbone = preset(cfg.preset).replace(**cfg.model)
@@ -156,9 +172,35 @@ class Trainer:
                              f"({backbone.max_position_embeddings})")
         return backbone
 
+    def model_config(self):
+        """`BackboneConfig` for text-only runs; the unified model's `ModelConfig` (heads sized by the preset, latent
+        channels from the autoencoder) when a task sees pixels."""
+        if not self.trains_media:
+            return self.backbone_config()
+        from ..model import TokenIds, model_preset
+        if self.config.preset not in ("debug", "tiny"):
+            raise ValueError(f"the unified model is built for presets 'debug' and 'tiny', got {self.config.preset!r}")
+        config = model_preset(self.config.preset, TokenIds.from_tokenizer(self.tokenizer))
+        channels = self.autoencoder.config.latent_channels
+        heads = {name: {**getattr(config, name).__dict__, "latent_channels": channels}
+                 for name in ("image_head", "video_head")}
+        return config.replace(backbone=self.backbone_config(), latent_channels=channels, **heads)
+
+    def build_autoencoder(self) -> nn.Module | None:
+        """The frozen autoencoder of the media tasks (None for text-only runs)."""
+        if not self.trains_media:
+            return None
+        from ..tokenizers.autoencoder import CausalAutoencoder
+        ae = CausalAutoencoder.from_pretrained(self.config.autoencoder or None, device=self.device)
+        ae.requires_grad_(False)
+        return ae.eval()
+
     def build_model(self) -> nn.Module:
         """A freshly initialised model on `self.device` (seeded: identical in every run with the same seed)."""
         torch.manual_seed(self.config.seed)
+        if self.trains_media:
+            from ..model import UnifiedModel
+            return UnifiedModel(self.model_config()).to(self.device)
         return Transformer(self.model_config()).to(self.device)
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
@@ -170,12 +212,21 @@ class Trainer:
         return build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
 
     def build_tasks(self) -> dict[str, Any]:
+        """The tasks with a weight > 0, by name."""
         cfg = self.config
-        unknown = sorted(set(cfg.tasks) - set(TASKS))
-        if unknown:
-            raise ValueError(f"unknown tasks {unknown}; this build trains {sorted(TASKS)}")
-        return {name: TASKS[name](tokenizer=self.tokenizer, seq_len=cfg.seq_len, mtp_weight=cfg.mtp_weight)
-                for name, w in cfg.tasks.items() if w > 0}
+        tasks: dict[str, Any] = {}
+        for name, weight in cfg.tasks.items():
+            if weight <= 0:
+                continue
+            if name in TEXT_TASKS:
+                tasks[name] = TextTask(tokenizer=self.tokenizer, seq_len=cfg.seq_len, mtp_weight=cfg.mtp_weight)
+            else:
+                from .media_tasks import MediaTask
+                tasks[name] = MediaTask(tokenizer=self.tokenizer, autoencoder=self.autoencoder, name=name,
+                                        seq_len=cfg.seq_len)
+            if tasks[name].data_kind not in self.train_data:
+                raise ValueError(f"task {name} needs {tasks[name].data_kind} items, and {cfg.data} has none")
+        return tasks
 
     def model_state(self) -> dict[str, torch.Tensor]:
         """Tensors to checkpoint (distributed subclasses gather shards here)."""
@@ -196,19 +247,20 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         seed_everything(cfg.seed)
         self.train_data, self.val_data = self.build_datasets()
-        self.tokenizer = self.build_tokenizer(self.train_data)
+        self.tokenizer = self.build_tokenizer(self.train_data.get("mixed") or next(iter(self.train_data.values())))
+        self.autoencoder = self.build_autoencoder()
         self.model = self.wrap_model(self.build_model())
         self.optimizer = self.build_optimizer(self.model)
         self.schedule = WarmupCosine(cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
         self.tasks = self.build_tasks()
         self.mix = TaskMix({n: cfg.tasks[n] for n in self.tasks}, cfg.seed)
-        self.streams = {name: SampleStream(len(self.train_data), seed=cfg.seed * 31 + i)
+        self.streams = {name: SampleStream(len(self.train_data[self.tasks[name].data_kind]), seed=cfg.seed * 31 + i)
                         for i, name in enumerate(sorted(self.tasks))}
-        self.loads = LoadTracker(self.model, self.model_config().moe.bias_update_speed)
+        self.loads = LoadTracker(self.model, self.backbone_config().moe.bias_update_speed)
         self.metrics = MetricsLog(self.out / "metrics.jsonl")
         if self.is_main_process():
             cfg.save(self.out / "train_config.json")
-            self.model_config().save(self.out / "model_config.json")
+            (self.out / "model_config.json").write_text(json.dumps(self.model_config().to_dict(), indent=2) + "\n")
         if self._resume_from is not None:
             self._load(self._resume_from)
 
@@ -256,14 +308,15 @@ class Trainer:
     def _items(self, task_name: str, n: int) -> list[Any]:
         """The next `n` items of a task's stream: captions only, or full items when the task needs pixels."""
         task, stream = self.tasks[task_name], self.streams[task_name]
+        data = self.train_data[task.data_kind]
         if not task.needs_pixels:
-            return [caption_of(self.train_data, i) for i in stream.take(n)]
+            return [caption_of(data, i) for i in stream.take(n)]
         from ..io import MediaError
         items: list[Any] = []
         while len(items) < n:
             index = stream.take(1)[0]
             try:
-                items.append(self.train_data[index])
+                items.append(data[index])
             except MediaError as exc:                      # passed the scan but fails to decode
                 self.skipped_items += 1
                 self.log(f"warning: skipped an undecodable item ({self.skipped_items} so far): {exc}")
@@ -283,9 +336,9 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         """One optimizer update over `grad_accum` micro-batches; returns the step's log record.
 
-        The micro-batches are collated first, so each one's loss can be weighted by its share of the update's
-        loss elements (tokens for text): the accumulated gradient is the gradient of the update's mean loss,
-        the same as one micro-batch holding all the samples would give."""
+        Every micro-batch counts equally, except that the micro-batches of one task share that task's part by
+        their number of loss elements (tokens for text, samples for media): they are collated first, so when all
+        micro-batches are of one task the accumulated gradient is exactly that of one big batch's mean loss."""
         cfg = self.config
         self.model.train()
         lr = self.schedule.apply(self.optimizer)
@@ -294,17 +347,19 @@ class Trainer:
             name = self.mix.choose(self.step, micro)
             batch = self.tasks[name].collate(self._items(name, cfg.micro_batch_size), self.device)
             micro_batches.append((name, batch, float(self.tasks[name].weight(batch))))
-        total_weight = sum(w for _, _, w in micro_batches)
+        count = {n: sum(1 for m, _, _ in micro_batches if m == n) for n, _, _ in micro_batches}
+        elements = {n: sum(w for m, _, w in micro_batches if m == n) for n, _, _ in micro_batches}
         total, tokens, per_task = 0.0, 0.0, {}
-        for name, batch, weight in micro_batches:
+        for name, batch, w in micro_batches:
+            share = count[name] / cfg.grad_accum * w / elements[name]
             with self._autocast():
                 loss, stats = self.tasks[name].loss(self.model, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the {name} loss is {float(loss)} at step {self.step}; the last checkpoint "
                                          f"is intact (lower lr, or check the data)")
-            (loss * (weight / total_weight)).backward()
+            (loss * share).backward()
             self.loads.collect()
-            total += float(loss.detach()) * weight / total_weight
+            total += float(loss.detach()) * share
             tokens += stats.get("tokens", 0.0)
             per_task.setdefault(name, []).append(float(loss.detach()))
         grad_norm = self.clip_gradients()
@@ -344,9 +399,12 @@ class Trainer:
         """Write the weights for inference into `out/model/` (Hugging Face layout + the tokenizer)."""
         if not self.is_main_process():
             return None
-        from ..convert.checkpoint import save_pretrained
         target = self.out / "model"
-        save_pretrained(self.model, target)
+        if hasattr(self.model, "save_pretrained"):
+            self.model.save_pretrained(target)
+        else:
+            from ..convert.checkpoint import save_pretrained
+            save_pretrained(self.model, target)
         self.tokenizer.save(target / "tokenizer.json")
         return target
 

@@ -1,7 +1,7 @@
 """The trainer's built-in evaluator: the loss of every task on held-out data, and the hook for other scores.
 
-`validation_loss(trainer)` runs `eval_batches` micro-batches per task over the validation dataset (the world's
-validation split, or every 20th user pair), always the same items in the same order, and returns
+`validation_loss(trainer)` runs `eval_batches` micro-batches per task over its validation dataset (the world's
+validation split, or every 20th user pair; tasks without validation items are skipped), always the same items in the same order, and returns
 `{"loss/<task>": mean loss, "<stat>/<task>": mean of each other statistic the task reports}`.
 
 Other evaluators follow the same contract — a callable `(trainer) -> {name: float}` passed to
@@ -20,9 +20,8 @@ if TYPE_CHECKING:
     from .trainer import Trainer
 
 
-def validation_items(trainer: "Trainer", needs_pixels: bool, n: int, offset: int) -> list[Any]:
-    """Items `offset .. offset + n` of the validation dataset (wrapping around), captions only unless pixels."""
-    data = trainer.val_data
+def validation_items(data, needs_pixels: bool, n: int, offset: int) -> list[Any]:
+    """Items `offset .. offset + n` of a validation dataset (wrapping around), captions only unless pixels."""
     indices = SampleStream(len(data), seed=0, shuffle=False)
     indices.load_state_dict({"epoch": 0, "offset": offset % len(data), "length": len(data)})
     picked = indices.take(n)
@@ -31,14 +30,15 @@ def validation_items(trainer: "Trainer", needs_pixels: bool, n: int, offset: int
 
 def validation_loss(trainer: "Trainer") -> dict[str, float]:
     """Mean loss (and statistics) of each task over `eval_batches` fixed validation micro-batches."""
-    if trainer.val_data is None or len(trainer.val_data) == 0:
-        return {}
     cfg = trainer.config
     out: dict[str, float] = {}
     for name, task in sorted(trainer.tasks.items()):
+        data = trainer.val_data.get(task.data_kind)
+        if data is None or len(data) == 0:
+            continue
         sums: dict[str, float] = {}
         for b in range(cfg.eval_batches):
-            items = validation_items(trainer, task.needs_pixels, cfg.micro_batch_size, b * cfg.micro_batch_size)
+            items = validation_items(data, task.needs_pixels, cfg.micro_batch_size, b * cfg.micro_batch_size)
             loss, stats = task.loss(trainer.model, task.collate(items, trainer.device))
             sums["loss"] = sums.get("loss", 0.0) + float(loss)
             for key, value in stats.items():

@@ -39,7 +39,11 @@ def test_bad_values_are_named(field, value, message):
 
 def test_presets():
     for name in TRAIN_PRESETS:
-        assert train_preset(name).preset == name
+        cfg = train_preset(name)
+        assert cfg.preset == name.removeprefix("mix-")
+        assert (set(cfg.tasks) == {"text"}) == (not name.startswith("mix-"))
+    with pytest.raises(ValueError, match=r"unknown tasks \['image_to_speech'\]"):
+        TrainConfig(tasks={"image_to_speech": 1.0})
     with pytest.raises(ValueError, match="unknown training preset 'huge'"):
         train_preset("huge")
 
