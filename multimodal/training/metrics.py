@@ -21,7 +21,8 @@ from typing import Any, Iterable
 from PIL import Image, ImageDraw, ImageFont
 
 COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127)]
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (0, 0, 0), (255, 187, 120),
+           (152, 223, 138), (197, 176, 213)]
 
 
 class MetricsLog:
@@ -83,7 +84,8 @@ def _panels(records: list[dict[str, Any]]) -> list[tuple[str, list[tuple[str, li
     train_keys = sorted({k for r in records if r.get("kind") == "train" for k in r if k.startswith("loss/")})
     eval_keys = sorted({k for r in records if r.get("kind") == "eval" for k in r if k.startswith("eval/")})
     loss = [("train loss", _series(records, "train", "loss"))]
-    loss += [(k, _series(records, "train", k)) for k in train_keys]
+    if len(train_keys) > 1:                                  # one task: its curve is the train loss itself
+        loss += [(k, _series(records, "train", k)) for k in train_keys]
     loss += [(k, _series(records, "eval", k)) for k in eval_keys if "loss" in k]
     panels = [("loss", loss), ("learning rate", [("lr", _series(records, "train", "lr"))]),
               ("gradient norm (before clipping)", [("grad_norm", _series(records, "train", "grad_norm"))])]
@@ -97,9 +99,19 @@ def _fmt(v: float) -> str:
 def _draw_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title: str,
                 lines: list[tuple[str, list[tuple[float, float]]]], font: ImageFont.ImageFont) -> None:
     left, top, right, bottom = box
-    x0, y0, x1, y1 = left + 60, top + 18, right - 10, bottom - 22          # plot area inside the panel
+    # title, then the legend wrapped over as many 12-px rows as it needs
     draw.text((left + 4, top + 2), title, fill=(0, 0, 0), font=font)
+    legend, x, row = [], left + 8 + 7 * len(title) + 20, 0
+    for i, (label, _) in enumerate(lines):
+        width = 7 * len(label) + 14
+        if x + width > right - 10 and x > left + 60:
+            x, row = left + 60, row + 1
+        legend.append((x, top + 2 + 12 * row, label, COLOURS[i % len(COLOURS)]))
+        x += width
+    x0, y0, x1, y1 = left + 60, top + 18 + 12 * row, right - 10, bottom - 22     # plot area inside the panel
     draw.rectangle((x0, y0, x1, y1), outline=(0, 0, 0))
+    for lx, ly, label, colour in legend:
+        draw.text((lx, ly), label, fill=colour, font=font)
     xs = [x for _, pts in lines for x, _ in pts]
     ys = [y for _, pts in lines for _, y in pts]
     xmin, xmax = min(xs), max(xs)
@@ -120,7 +132,6 @@ def _draw_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title
     draw.text((x0, y1 + 4), f"step {int(xmin)}", fill=(0, 0, 0), font=font)
     last = f"{int(xmax)}"
     draw.text((x1 - 6 * len(last), y1 + 4), last, fill=(0, 0, 0), font=font)
-    legend_x = x0 + 6
     for i, (label, pts) in enumerate(lines):
         colour = COLOURS[i % len(COLOURS)]
         px = [to_px(x, y) for x, y in pts]
@@ -132,8 +143,6 @@ def _draw_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title
         if any(x in label for x in ("eval",)):                              # eval points are sparse: mark them
             for cx, cy in px:
                 draw.ellipse((cx - 2, cy - 2, cx + 2, cy + 2), outline=colour)
-        draw.text((legend_x, y0 + 3), label, fill=colour, font=font)
-        legend_x += 7 * len(label) + 14
 
 
 def plot_metrics(records: list[dict[str, Any]], path: str | Path, width: int = 900, panel_height: int = 240) -> Path:

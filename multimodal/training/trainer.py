@@ -263,6 +263,8 @@ class Trainer:
             (self.out / "model_config.json").write_text(json.dumps(self.model_config().to_dict(), indent=2) + "\n")
         if self._resume_from is not None:
             self._load(self._resume_from)
+        elif self.is_main_process():
+            self.metrics.truncate_after(0)            # a fresh run: forget lines of an attempt that never saved
 
     def _check_resumable(self) -> None:
         saved_path = self.out / "train_config.json"
@@ -467,7 +469,8 @@ class Trainer:
 
     def describe(self) -> str:
         """One line about the run, for the CLI."""
-        return (f"{self.num_parameters / 1e6:.3f}M parameters, tasks {dict(self.mix.names and self.config.tasks)}, "
+        tasks = ", ".join(f"{n} {self.config.tasks[n]:g}" for n in self.mix.names)
+        return (f"{type(self.model).__name__} with {self.num_parameters / 1e6:.3f}M parameters, tasks ({tasks}), "
                 f"{self.config.batch_size} samples per update, step {self.step}/{self.config.max_steps}, "
                 f"device {self.device}, {'bf16 autocast' if self.amp_dtype else 'fp32'}")
 
