@@ -36,6 +36,8 @@ def add_parser(sub) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="optimizer updates (also the schedule's length)")
     p.add_argument("--max-time", type=float, default=None, help="stop cleanly after this many seconds")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (on a busy shared CPU, 1 is often much faster than the default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -122,4 +124,9 @@ def run_autoencoder(args) -> int:
 
 
 def run(args) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+        torch.set_num_threads(args.threads)
     return run_autoencoder(args) if args.target == "autoencoder" else run_model(args)
