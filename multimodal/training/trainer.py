@@ -56,7 +56,7 @@ Evaluator = Callable[["Trainer"], dict[str, float]]
 
 # fields a resumed run may change; every other field is part of the recipe and must match the checkpoint's
 RESUMABLE_FIELDS = ("max_time", "device", "progress", "log_every", "eval_every", "eval_batches", "save_every",
-                    "keep_checkpoints")
+                    "keep_checkpoints", "score_samples", "score_steps", "score_guidance")
 TOKENIZER_CORPUS = 5000          # captions the BPE is trained on
 
 
@@ -254,6 +254,9 @@ class Trainer:
         self.schedule = WarmupCosine(cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
         self.tasks = self.build_tasks()
         self.mix = TaskMix({n: cfg.tasks[n] for n in self.tasks}, cfg.seed)
+        if cfg.score_samples and self.trains_media:
+            from .scoring import caption_scores, generation_accuracy
+            self.evaluators[1:1] = [generation_accuracy, caption_scores]
         self.streams = {name: SampleStream(len(self.train_data[self.tasks[name].data_kind]), seed=cfg.seed * 31 + i)
                         for i, name in enumerate(sorted(self.tasks))}
         self.loads = LoadTracker(self.model, self.backbone_config().moe.bias_update_speed)
@@ -398,15 +401,17 @@ class Trainer:
                 plot_metrics(records, self.out / "metrics.png")
 
     def export(self) -> Path | None:
-        """Write the weights for inference into `out/model/` (Hugging Face layout + the tokenizer)."""
+        """Write the final weights for inference: a language-model run writes `out/model/` (Hugging Face layout +
+        tokenizer.json, `convert.checkpoint.load_pretrained` reads it); a unified-model run writes `out/pipeline/`,
+        a saved pipeline (model, autoencoder, tokenizer, flow scheduler) that every `multimodal.pipelines` class loads."""
         if not self.is_main_process():
             return None
+        if self.trains_media:
+            from .scoring import generation_pipeline
+            return generation_pipeline(self, "image").save_pretrained(self.out / "pipeline")
+        from ..convert.checkpoint import save_pretrained
         target = self.out / "model"
-        if hasattr(self.model, "save_pretrained"):
-            self.model.save_pretrained(target)
-        else:
-            from ..convert.checkpoint import save_pretrained
-            save_pretrained(self.model, target)
+        save_pretrained(self.model, target)
         self.tokenizer.save(target / "tokenizer.json")
         return target
 

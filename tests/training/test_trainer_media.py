@@ -12,6 +12,7 @@ import torch
 
 from multimodal.cli import main
 from multimodal.model import UnifiedModel
+from multimodal.pipelines.image_caption import ImageCaptionPipeline
 from multimodal.tokenizers.autoencoder import CausalAutoencoder
 from multimodal.tokenizers.config import AutoencoderConfig
 from multimodal.training.media_tasks import MEDIA_TASKS
@@ -36,7 +37,7 @@ def _mix(tiny_config, autoencoder_file, **changes):
 
 
 def test_every_task_trains_and_the_model_reloads(tmp_path, tiny_config, autoencoder_file):
-    cfg = _mix(tiny_config, autoencoder_file, max_steps=6, eval_every=6)
+    cfg = _mix(tiny_config, autoencoder_file, max_steps=6, eval_every=6, score_samples=2, score_steps=2)
     trainer = Trainer(cfg, tmp_path / "mix", log=lambda s: None)
     assert isinstance(trainer.model, UnifiedModel)
     assert not any(p.requires_grad for p in trainer.autoencoder.parameters())
@@ -47,10 +48,16 @@ def test_every_task_trains_and_the_model_reloads(tmp_path, tiny_config, autoenco
     assert seen == {"text", *MEDIA_TASKS}
     final = [r for r in records if r["kind"] == "eval"][-1]
     assert {f"eval/loss/{name}" for name in ("text", *MEDIA_TASKS)} <= set(final)
+    # the scorer hooks ran: accuracy in [0, 1] for generation, caption metrics for captioning (untrained: ~0)
+    for name in ("text_to_image", "text_to_video"):
+        assert 0.0 <= final[f"eval/accuracy/{name}"] <= 1.0
+    for name in ("image_to_text", "video_to_text"):
+        assert {f"eval/{m}/{name}" for m in ("exact", "slot_f1", "bleu4", "cider_d")} <= set(final)
     assert all(torch.equal(v, trainer.autoencoder.state_dict()[k]) for k, v in frozen.items())
-    reloaded = UnifiedModel.from_pretrained(tmp_path / "mix" / "model")
+    pipe = ImageCaptionPipeline.from_pretrained(tmp_path / "mix" / "pipeline")
     for key, value in trainer.model.state_dict().items():
-        assert torch.equal(value, reloaded.state_dict()[key]), key
+        assert torch.equal(value, pipe.model.state_dict()[key]), key
+    assert pipe.vae.config.channels == SMALL_AE["channels"] and pipe.scheduler is not None
 
 
 def test_media_resume_is_exact(tmp_path, tiny_config, autoencoder_file):
