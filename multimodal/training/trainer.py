@@ -99,6 +99,8 @@ class Trainer:
                  evaluators: list[Evaluator] | None = None, log: Callable[[str], None] = print) -> None:
         self.config, self.out, self.resume = config, Path(out), resume
         self.device = torch.device(config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {config.device!r} requested, but CUDA is not available on this machine")
         self.evaluators: list[Evaluator] = [validation_loss] + list(evaluators or [])
         self.log = log
         self.step = 0
