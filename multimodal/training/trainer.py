@@ -320,13 +320,18 @@ class Trainer:
             return [caption_of(data, i) for i in stream.take(n)]
         from ..io import MediaError
         items: list[Any] = []
+        failures = 0
         while len(items) < n:
             index = stream.take(1)[0]
             try:
                 items.append(data[index])
+                failures = 0
             except MediaError as exc:                      # passed the scan but fails to decode
                 self.skipped_items += 1
+                failures += 1
                 self.log(f"warning: skipped an undecodable item ({self.skipped_items} so far): {exc}")
+                if failures >= len(data):
+                    raise ValueError(f"no item of the {task.data_kind} training data decodes ({exc})") from exc
         return items
 
     def _autocast(self):
