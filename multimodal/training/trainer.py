@@ -17,8 +17,9 @@ Output folder `out`:
 
 Exact resume: a checkpoint holds the weights and buffers, the optimizer state, the schedule step, each task's
 data position and every RNG; the task of each micro-batch is a pure function of (seed, step, micro); evaluation
-runs on its own data and RNG. A run killed at any instant and resumed therefore logs the same losses, bit for bit
-on the same device, as one never interrupted (tested with SIGKILL on a real subprocess).
+runs on its own data and RNG. A run killed at any instant and resumed therefore logs the same losses as one never
+interrupted: bit for bit on a CPU with the same thread count (tested with SIGKILL on a real subprocess); on CUDA up
+to the non-deterministic kernels (atomic adds in scatter/index_add) unless `torch.use_deterministic_algorithms(True)`.
 
 Construction is split into small methods — `build_tokenizer`, `build_datasets`, `build_model`, `wrap_model`,
 `build_optimizer`, `model_state`, `load_model_state`, `is_main_process` — so distributed training (FSDP2, expert
