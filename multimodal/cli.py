@@ -13,6 +13,7 @@ import sys
 
 COMMAND_MODULES = (
     "multimodal.commands.info",
+    "multimodal.commands.train",
     "multimodal.commands.train_autoencoder",
     "multimodal.commands.generate",
     "multimodal.commands.caption",

@@ -9,6 +9,10 @@
       L_bal = alpha * sum_i f_i P_i            (mean over the batch; alpha = 1e-4 in V3)
 
   Perfectly uniform routing gives f_i = 1, P_i = 1/E and L_bal = alpha.
+
+The trainer applies the bias update once per optimizer step with `LoadTracker`, which sums `MoE.last_load` over the
+step's micro-batches (every forward overwrites it) and reports max load / mean load averaged over layers
+(1.0 = perfectly balanced).
 """
 
 from __future__ import annotations
@@ -64,3 +68,46 @@ def moe_balance_loss(model: nn.Module, batch_size: int, alpha: float = 1e-4) -> 
     if total is None:
         raise ValueError("no MoE layer with learned routing ran a forward pass")
     return total
+
+
+def learned_moe_layers(model: nn.Module) -> list[MoE]:
+    """The MoE modules of `model` that route by learned scores (they own a correction bias)."""
+    return [m for m in model.modules() if isinstance(m, MoE) and not m.hashed]
+
+
+class LoadTracker:
+    """Accumulates expert loads across micro-batches and applies the bias update once per optimizer step."""
+
+    def __init__(self, model: nn.Module, speed: float) -> None:
+        if speed < 0:
+            raise ValueError(f"bias update speed must be >= 0, got {speed}")
+        self.layers = learned_moe_layers(model)
+        self.speed = speed
+        self.loads: list[torch.Tensor | None] = [None] * len(self.layers)
+
+    def collect(self) -> None:
+        """Add each layer's `last_load` (from the forward just run) to the running sums, then forget it."""
+        for i, layer in enumerate(self.layers):
+            if layer.last_load is None:
+                continue
+            load = layer.last_load.float()
+            self.loads[i] = load if self.loads[i] is None else self.loads[i] + load
+            layer.last_load = None
+
+    @torch.no_grad()
+    def apply(self) -> float | None:
+        """Update every router's bias from the summed loads, reset the sums; returns mean(max load / mean load)."""
+        ratios = []
+        for layer, load in zip(self.layers, self.loads):
+            if load is None or load.sum() == 0:
+                continue
+            update_bias_(layer.gate, load, self.speed)
+            ratios.append(float(load.max() / load.mean()))
+        self.loads = [None] * len(self.layers)
+        return sum(ratios) / len(ratios) if ratios else None
+
+    def reset(self) -> None:
+        """Forget loads collected so far (e.g. from evaluation forwards)."""
+        for layer in self.layers:
+            layer.last_load = None
+        self.loads = [None] * len(self.layers)
