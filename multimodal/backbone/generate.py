@@ -12,6 +12,13 @@ from .cache import BackboneCache
 from .transformer import Transformer
 
 
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, S] 1/0 mask -> positions [B, S] counting each row's own tokens (0 at left padding), the numbering
+    transformers' `generate` uses. An alternative to the default storage index for callers that want every row
+    to start at position 0; decoding must then continue each row's count."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0).masked_fill(attention_mask == 0, 0)
+
+
 @torch.no_grad()
 def prefill(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
             position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, BackboneCache]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from multimodal.backbone.generate import positions_from_mask
 from multimodal.config import preset
 
 from .random_model import random_model
@@ -13,7 +14,7 @@ from .random_model import random_model
 TYPES = ["sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention"]
 
 
-def _run(cfg, chunks: list[int], seed: int = 0):
+def _run(cfg, chunks: list[int], seed: int = 0, count_from_first_token: bool = False):
     model = random_model(cfg, seed)
     total = sum(chunks)
     g = torch.Generator().manual_seed(seed + 1)
@@ -21,6 +22,8 @@ def _run(cfg, chunks: list[int], seed: int = 0):
     mask = torch.ones_like(ids)
     mask[0, :4], mask[1, :1] = 0, 0
     pos = torch.arange(ids.shape[1]).expand_as(ids)      # storage index: the default of both models
+    if count_from_first_token:
+        pos = positions_from_mask(mask)
     with torch.no_grad():
         full = model(ids, attention_mask=mask, position_ids=pos).logits
         cache, start, errs = model.new_cache(), 0, []
@@ -72,3 +75,8 @@ def test_cache_holds_only_the_window_and_the_remainder():
             assert state.indexer.entries.shape[1] == 23 // csa
         if t == "heavily_compressed_attention":
             assert state.compressor.entries.shape[1] == 23 // hca and state.compressor.buffer_kv.shape[1] == 23 % hca
+
+
+def test_positions_counted_from_each_rows_first_token_decode_consistently():
+    cfg = preset("debug").replace(num_nextn_predict_layers=0)
+    assert _run(cfg, [11] + [1] * 9, count_from_first_token=True) < 1e-4
