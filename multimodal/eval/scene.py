@@ -41,6 +41,7 @@ PALETTE_NAMES = tuple(COLOURS)
 _PALETTE = np.array([COLOURS[n] for n in PALETTE_NAMES], dtype=np.float32)  # (8, 3)
 _PALETTE_PEAK = _PALETTE.max(axis=1)  # (8,) full-coverage brightness of each colour
 _PALETTE_UNIT = _PALETTE / _PALETTE_PEAK[:, None] * 255.0  # hue at full brightness
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # BT.601 luma weights
 
 
 @dataclass(frozen=True)
@@ -148,17 +149,32 @@ def classify_geometry(pixels: np.ndarray, mask: np.ndarray, colour: str) -> tupl
     return shape, iou
 
 
+def coverage(pixels: np.ndarray, colour: str) -> np.ndarray:
+    """How much of ``colour`` covers each pixel of an (..., 3) array, in [0, 1].
+
+    Read from luma (0.299 R + 0.587 G + 0.114 B) over the colour's luma: H.264 in yuv420p keeps luma at
+    full resolution but halves chroma, so thin glyph strokes survive in luma. Blue has too little
+    luma (29 of 255) to measure that way and is read from its brightest channel instead.
+    """
+    rgb = _PALETTE[PALETTE_NAMES.index(colour)]
+    luma = float(rgb @ _LUMA)
+    if luma >= 60.0:
+        cover = pixels.astype(np.float32) @ _LUMA / luma
+    else:
+        cover = pixels.max(axis=-1).astype(np.float32) / float(rgb.max())
+    return cover.clip(0.0, 1.0)
+
+
 def digit_crop(frame: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int], colour: str) -> np.ndarray:
     """The classifier's input for an object: coverage in its box, padded square, ``CLASSIFIER_SIDE``².
 
-    Coverage is the brightest channel over the colour's full brightness, kept only on the object's
-    foreground pixels and their one-pixel rim (the glyph's antialiasing); float32 in [0, 1].
+    Coverage (see :func:`coverage`) is kept only on the object's foreground pixels and their one-pixel
+    rim (the glyph's antialiasing); float32 in [0, 1].
     """
     x0, y0, x1, y1 = box
-    peak = float(_PALETTE_PEAK[PALETTE_NAMES.index(colour)])
-    cover = frame[y0:y1, x0:x1].max(axis=-1).astype(np.float32) / peak
+    cover = coverage(frame[y0:y1, x0:x1], colour)
     keep = ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool))
-    cover = np.where(keep, cover.clip(0.0, 1.0), 0.0).astype(np.float32)
+    cover = np.where(keep, cover, 0.0).astype(np.float32)
     h, w = cover.shape
     side = max(h, w)
     square = np.zeros((side, side), dtype=np.float32)
