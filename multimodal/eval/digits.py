@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from multimodal.data.glyphs import glyph_labels, split_glyph_indices
 from multimodal.data.render import draw_object
 from multimodal.data.world import COLOURS, FRAME_SIZE, SIZES, WorldObject
-from multimodal.eval.scene import CLASSIFIER_SIDE, _blobs
+from multimodal.eval.scene import CLASSIFIER_SIDE, segment_frame
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "digit_classifier.safetensors"
 
@@ -167,7 +167,7 @@ def glyph_crops(test: bool, colours_per_glyph: int = 4, mp4_fraction: float = 0.
         frames_arr[coded] = _mp4_round_trip(frames_arr[coded])
     crops, kept = [], []
     for frame, digit in zip(frames_arr, targets):
-        blobs = [b for b in _blobs(frame) if b.crop is not None]
+        blobs = [b for b in segment_frame(frame) if b.crop is not None]
         if len(blobs) == 1:  # one digit found, as drawn
             crops.append(blobs[0].crop)
             kept.append(digit)

@@ -71,15 +71,21 @@ class SceneObject:
 
 
 def to_canvas(frames: np.ndarray) -> np.ndarray:
-    """(T, H, W, 3) or (H, W, 3) uint8 frames of any size -> (T, 64, 64, 3) uint8."""
+    """(T, H, W, 3) or (H, W, 3) frames of any size -> (T, 64, 64, 3) uint8.
+
+    uint8 frames are taken as they are; float frames whose maximum is at most 1 are read as [0, 1].
+    """
     frames = np.asarray(frames)
     if frames.ndim == 3:
         frames = frames[None]
     if frames.ndim != 4 or frames.shape[-1] not in (3, 4):
         raise ValueError(f"frames must be (T, H, W, 3) RGB, got shape {frames.shape}")
     frames = frames[..., :3]
-    if frames.dtype != np.uint8:
-        frames = np.clip(np.rint(frames.astype(np.float64)), 0, 255).astype(np.uint8)
+    if frames.dtype != np.uint8:  # floats in [0, 1] (a model's output) or in [0, 255]
+        values = frames.astype(np.float64)
+        if np.issubdtype(frames.dtype, np.floating) and values.size and values.max() <= 1.0:
+            values = values * 255.0
+        frames = np.clip(np.rint(values), 0, 255).astype(np.uint8)
     if frames.shape[1:3] == (FRAME_SIZE, FRAME_SIZE):
         return frames
     resized = [
@@ -185,7 +191,9 @@ def digit_crop(frame: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, in
 
 
 @dataclass(frozen=True)
-class _Blob:
+class Segment:
+    """An object as segmented from one frame, before its digit (if any) is read from ``crop``."""
+
     colour: str
     family: str
     size: str
@@ -195,8 +203,8 @@ class _Blob:
     crop: np.ndarray | None
 
 
-def _blobs(frame: np.ndarray) -> list[_Blob]:
-    """Objects of one 64×64 frame before digit classification."""
+def segment_frame(frame: np.ndarray) -> list[Segment]:
+    """Objects of one 64×64 uint8 frame, before digit classification (digits carry their crop)."""
     bright = frame.max(axis=-1)
     fg = bright >= FOREGROUND
     if not fg.any():
@@ -228,7 +236,7 @@ def _blobs(frame: np.ndarray) -> list[_Blob]:
         size = "large" if max(h, w) >= SIZE_THRESHOLD else "small"
         box = (int(x0), int(y0), int(x1), int(y1))
         crop = digit_crop(frame, mask, box, colour) if shape == "digit" else None
-        blobs.append(_Blob(colour, shape, size, box, area, iou, crop))
+        blobs.append(Segment(colour, shape, size, box, area, iou, crop))
     return blobs
 
 
@@ -239,7 +247,7 @@ def parse_frames(frames: np.ndarray, classifier=None) -> list[list[SceneObject]]
     digits; by default the package's shipped :class:`~multimodal.eval.digits.DigitClassifier`.
     """
     canvas = to_canvas(frames)
-    per_frame = [_blobs(f) for f in canvas]
+    per_frame = [segment_frame(f) for f in canvas]
     crops = [b.crop for blobs in per_frame for b in blobs if b.crop is not None]
     digits: list[tuple[int, float]] = []
     if crops:
