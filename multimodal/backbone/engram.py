@@ -126,14 +126,15 @@ class Engram(nn.Module):
         self.streams = cfg.hyper.hc_mult if cfg.hyper.enabled else 1
         n_heads = (e.max_ngram - 1) * e.n_heads
         self.head_dim = e.d_mem // n_heads
-        primes = torch.tensor(engram_primes(e)[e.layers.index(layer)], dtype=torch.long)   # [N-1, K]
-        flat = primes.flatten()
-        self.register_buffer("primes", primes)
-        self.register_buffer("offsets", torch.cumsum(flat, 0) - flat)                # exclusive prefix sum
+        prime_list = engram_primes(e)[e.layers.index(layer)]                         # [N-1][K]
+        flat = [p for order in prime_list for p in order]
+        self.register_buffer("primes", torch.tensor(prime_list, dtype=torch.long))   # [N-1, K]
+        offsets = [sum(flat[:i]) for i in range(len(flat))]                          # exclusive prefix sum
+        self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.long))
         self.register_buffer("multipliers", torch.from_numpy(engram_multipliers(e, layer, cfg.vocab_size)))
         self.register_buffer("compress", torch.arange(cfg.vocab_size))               # identity until set
         self.pad_id = e.pad_id
-        self.table = nn.Embedding(int(flat.sum()), self.head_dim)
+        self.table = nn.Embedding(sum(flat), self.head_dim)
         nn.init.normal_(self.table.weight, std=0.02)
         self.w_v = nn.Linear(e.d_mem, self.dim, bias=False)
         self.w_k = nn.Linear(e.d_mem, self.streams * self.dim, bias=False)

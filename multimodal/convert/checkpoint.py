@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from ..backbone.transformer import Transformer
 from ..config import BackboneConfig
+from .extensions import apply_extensions, extension_fields
 from .fp8 import FP8_DTYPES, dequantize_blockwise
 from .hf_config import from_hf_config, to_hf_config
 from .names import disk_to_ours, expert_key, ours_to_disk, stacked_key
@@ -103,7 +104,7 @@ def load_pretrained(path: str | Path, dtype: torch.dtype = torch.float32,
         hf = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{cfg_file}: invalid JSON ({exc})") from exc
-    cfg = from_hf_config(hf) if "model_type" in hf else BackboneConfig.from_dict(hf)
+    cfg = apply_extensions(from_hf_config(hf), hf) if "model_type" in hf else BackboneConfig.from_dict(hf)
     names = V3Names(cfg.num_hidden_layers) if hf.get("model_type") in _V3_TYPES else None
     tensors = read_tensors(path, dtype, names)
     if not any(k.startswith("mtp.") for k in tensors) and cfg.num_nextn_predict_layers:
@@ -154,7 +155,7 @@ def save_pretrained(model: Transformer, path: str | Path, max_shard_bytes: int =
     """Write `config.json` (Hugging Face format) and safetensors shards (+ index when more than one)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    hf = to_hf_config(model.config)
+    hf = dict(to_hf_config(model.config), **extension_fields(model.config))
     names = V3Names(model.config.num_hidden_layers) if hf["model_type"] in _V3_TYPES else None
     to_disk = names.ours_to_disk if names is not None else ours_to_disk
     disk: dict[str, torch.Tensor] = {}

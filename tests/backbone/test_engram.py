@@ -185,3 +185,15 @@ def test_bad_engram_configs_are_named():
         EngramConfig(max_ngram=1, table_size=1009)
     with pytest.raises(ValueError, match=r"engram.layers \[5\] out of range"):
         preset("debug").replace(engram=EngramConfig(layers=[5], table_size=1009, n_heads=2, d_mem=16))
+
+
+def test_checkpoint_round_trip_keeps_engram(tmp_path):
+    from multimodal.convert.checkpoint import load_pretrained, save_pretrained
+
+    m = model(config().replace(num_nextn_predict_layers=0))
+    save_pretrained(m, tmp_path)
+    back = load_pretrained(tmp_path)
+    assert back.config.engram == m.config.engram
+    ids = torch.randint(0, 1000, (2, 8))
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, m(ids).logits)

@@ -120,3 +120,15 @@ def test_bad_nsa_configs_are_named():
         NSAConfig(block_size=0)
     with pytest.raises(ValueError, match=r"divisible by nsa.num_key_value_heads \(3\)"):
         nsa_config(num_key_value_heads=3)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    from multimodal.convert.checkpoint import load_pretrained, save_pretrained
+
+    model = random_model(nsa_config().replace(mlp_layer_types=["moe", "moe"]), seed=3)
+    save_pretrained(model, tmp_path)
+    back = load_pretrained(tmp_path)
+    assert back.config.nsa == model.config.nsa and back.config.layer_types == ["nsa", "nsa"]
+    ids = torch.randint(0, 64, (1, 9))
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, model(ids).logits)
