@@ -14,6 +14,7 @@ import sys
 COMMAND_MODULES = (
     "multimodal.commands.info",
     "multimodal.commands.train_autoencoder",
+    "multimodal.commands.train_text_tokenizer",
 )
 
 

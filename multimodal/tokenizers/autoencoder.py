@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+from multimodal.io.atomic import atomic_path
 from multimodal.tokenizers.causal_layers import (
     FrameGroupNorm,
     PixelShuffle3d,
@@ -214,14 +214,8 @@ class CausalAutoencoder(nn.Module):
         tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous() for k, v in self.state_dict().items()}
         meta = {"config": self.config.to_json(), "format": "multimodal.CausalAutoencoder"}
         meta.update({k: str(v) for k, v in (metadata or {}).items()})
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         return path
 
     @classmethod

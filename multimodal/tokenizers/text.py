@@ -19,11 +19,11 @@ package needs are appended after its vocabulary.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from multimodal.io.atomic import atomic_path
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 
@@ -126,14 +126,8 @@ class TextTokenizer:
         if path.is_dir() or path.suffix != ".json":
             path.mkdir(parents=True, exist_ok=True)
             path = path / "tokenizer.json"
-        fd, tmp = tempfile.mkstemp(prefix="tokenizer.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             self.tokenizer.save(tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         return path
 
     def _make_plain(self) -> Tokenizer:
