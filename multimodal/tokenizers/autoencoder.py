@@ -44,6 +44,12 @@ from multimodal.tokenizers.config import AutoencoderConfig
 DEFAULT_WEIGHTS = "autoencoder_shapes64.safetensors"
 
 
+def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``x``, drawn on the generator's device, moved to ``x``'s."""
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+
+
 class Encoder(nn.Module):
     """Pixels (B, 3, 1 + 4k, H, W) in [-1, 1] -> posterior moments (B, 2*latent, 1 + k, H/8, W/8)."""
 
@@ -163,8 +169,7 @@ class CausalAutoencoder(nn.Module):
         mean, logvar = self.encode_moments(x, chunk)
         if not sample:
             return mean
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return mean + torch.exp(0.5 * logvar) * noise
+        return mean + torch.exp(0.5 * logvar) * _noise_like(mean, generator)
 
     # ----------------------------------------------------------------- decode
     def decode(self, z: torch.Tensor, chunk_frames: int | None = -1) -> torch.Tensor:
@@ -187,7 +192,7 @@ class CausalAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training pass: returns (reconstruction (B, 3, T, H, W), mean, logvar) of a sampled latent."""
         mean, logvar = self.encode_moments(x, None)
-        z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        z = mean + torch.exp(0.5 * logvar) * _noise_like(mean, generator)
         return self.decoder(z), mean, logvar
 
     # ----------------------------------------------------------------- latent statistics

@@ -48,6 +48,7 @@ class AutoencoderTrainConfig:
     stats_clips: int = 64
     save_dtype: str = "float32"
     log_every: int = 25
+    device: str = "cpu"
     eval_images: int = 64
     eval_videos: int = 16
 
@@ -88,7 +89,7 @@ def evaluate_psnr(
     for name, n, frames, first_seed in (("image", num_images, 1, 0), ("video", num_videos, video_frames, 100_000)):
         scores = []
         for s in range(0, n, batch_size):
-            x = batch(range(first_seed + s, first_seed + min(n, s + batch_size)), frames, split)
+            x = batch(range(first_seed + s, first_seed + min(n, s + batch_size)), frames, split).to(model.latent_mean.device)
             scores.append(psnr(x, model.decode(model.encode(x))))
         if n:
             result[f"{name}_psnr"] = float(torch.cat(scores).mean())
@@ -101,8 +102,9 @@ def measure_latent_statistics(model: CausalAutoencoder, clips: int, video_frames
     """Set ``model.latent_mean/std`` from the posterior means of ``clips`` training videos and images."""
     model.eval()
     half = max(1, clips // 2)
-    vids = model.encode(batch(range(seed, seed + half), video_frames, "train"))
-    imgs = model.encode(batch(range(seed + half, seed + 2 * half), 1, "train"))
+    device = model.latent_mean.device
+    vids = model.encode(batch(range(seed, seed + half), video_frames, "train").to(device))
+    imgs = model.encode(batch(range(seed + half, seed + 2 * half), 1, "train").to(device))
     # (B, L, T', h, w) -> (B*T', L, 1, h, w) so images and videos pool together
     flat = torch.cat([vids.transpose(1, 2).reshape(-1, vids.shape[1], 1, *vids.shape[3:]), imgs], dim=0)
     model.set_latent_statistics(flat)
@@ -124,7 +126,7 @@ def train_autoencoder(
     and a summary (steps, seconds, last losses, test PSNR)."""
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model = CausalAutoencoder(model_config or AutoencoderConfig())
+    model = CausalAutoencoder(model_config or AutoencoderConfig()).to(cfg.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     out = Path(cfg.out)
     budget = cfg.minutes * 60.0
@@ -146,7 +148,7 @@ def train_autoencoder(
         for n, frames in ((cfg.video_batch, cfg.video_frames), (cfg.image_batch, 1)):
             if n == 0:
                 continue
-            x = batch(range(seed_cursor, seed_cursor + n), frames, "train")  # (n, 3, frames, 64, 64)
+            x = batch(range(seed_cursor, seed_cursor + n), frames, "train").to(cfg.device)  # (n, 3, frames, 64, 64)
             seed_cursor += n
             rec, mean, logvar = model(x, generator=gen)
             err = rec - x
