@@ -46,4 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # run the imported module's main, so `python -m multimodal.cli` catches the same UserError class
+    # that commands raise (multimodal.cli.UserError, not __main__.UserError)
+    from multimodal.cli import main as _main
+
+    sys.exit(_main())

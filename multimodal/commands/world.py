@@ -15,6 +15,8 @@ def add_parser(sub) -> None:
     p.add_argument("--images", type=int, default=16, help="number of images (default: 16)")
     p.add_argument("--videos", type=int, default=4, help="number of 17-frame videos (default: 4)")
     p.add_argument("--start", type=int, default=0, help="index of the first seed inside the split (default: 0)")
+    p.add_argument("--image-format", choices=("png", "mp4"), default="png",
+                   help="png (lossless, default) or mp4 (one-frame H.264 clips, to test codec robustness)")
     p.set_defaults(func=run)
 
 
@@ -23,7 +25,8 @@ def run(args) -> int:
     from multimodal.data.export import CAPTIONS_FILE, WorldExportConfig, write_world
 
     try:
-        config = WorldExportConfig(split=args.split, images=args.images, videos=args.videos, start=args.start)
+        config = WorldExportConfig(split=args.split, images=args.images, videos=args.videos, start=args.start,
+                                   image_format=args.image_format)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     start = time.perf_counter()

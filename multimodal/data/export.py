@@ -2,7 +2,7 @@
 
 Layout (``write_world``)::
 
-    OUT/images/<seed>.png      one PNG per image sample
+    OUT/images/<seed>.png      one PNG per image sample (or a one-frame mp4 with image_format='mp4')
     OUT/videos/<seed>.mp4      one H.264 (yuv420p) mp4 per video sample, 17 frames at 8 fps
     OUT/captions.jsonl         one line per file: {"file", "caption", "kind", "tags", "seed", "split",
                                "num_frames", "objects", "positions"} (file relative to OUT)
@@ -31,8 +31,11 @@ class WorldExportConfig:
     images: int = 16
     videos: int = 4
     start: int = 0
+    image_format: str = "png"  # 'mp4' writes each image as a one-frame H.264 clip (codec robustness checks)
 
     def __post_init__(self) -> None:
+        if self.image_format not in ("png", "mp4"):
+            raise ValueError(f"image_format must be 'png' or 'mp4', got {self.image_format!r}")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {self.split!r}")
         if self.images < 0 or self.videos < 0:
@@ -56,8 +59,11 @@ def write_world(out: str | os.PathLike, config: WorldExportConfig) -> list[dict]
         (out / "videos").mkdir(parents=True, exist_ok=True)
     for i in range(config.images):
         sample = sample_image(split_seed(config.split, config.start + i))
-        name = f"images/{sample.seed}.png"
-        write_png(out / name, render_sample(sample)[0])
+        name = f"images/{sample.seed}.{config.image_format}"
+        if config.image_format == "png":
+            write_png(out / name, render_sample(sample)[0])
+        else:
+            write_mp4(out / name, render_sample(sample), fps=FPS)
         rows.append({"file": name, **sample.to_dict()})
     for i in range(config.videos):
         sample = sample_video(split_seed(config.split, config.start + i))

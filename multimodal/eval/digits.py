@@ -2,8 +2,8 @@
 
 Training data comes from the world itself: every training glyph (sklearn index % 5 != 0) is drawn by
 the world's renderer at both sizes in several colours, then cut out by the scene parser exactly as a
-generated image would be (``multimodal.eval.scene.digit_crop``). Half of the frames also go through an
-H.264 round trip, so the classifier has seen codec artefacts. Training is seeded, single-threaded and
+generated image would be (``multimodal.eval.scene.digit_crop``). Three quarters of the frames also go
+through an H.264 round trip, so the classifier has seen codec artefacts. Training is seeded, single-threaded and
 takes well under a minute on one CPU core; the result ships as ``multimodal/assets/digit_classifier.safetensors``.
 
 Regenerate the shipped weights (prints the test-glyph accuracy and the training time)::
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from multimodal.data.glyphs import glyph_labels, split_glyph_indices
 from multimodal.data.render import draw_object
 from multimodal.data.world import COLOURS, FRAME_SIZE, SIZES, WorldObject
-from multimodal.eval.scene import CLASSIFIER_SIDE, _blobs
+from multimodal.eval.scene import CLASSIFIER_SIDE, segment_frame
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "digit_classifier.safetensors"
 
@@ -42,10 +42,13 @@ class DigitTrainingConfig:
     epochs: int = 20
     batch_size: int = 128
     lr: float = 3e-3
-    colours_per_glyph: int = 3
-    mp4_fraction: float = 0.5
+    colours_per_glyph: int = 4
+    mp4_fraction: float = 0.75
+    width: int = 16
 
     def __post_init__(self) -> None:
+        if self.width < 1:
+            raise ValueError(f"width must be >= 1, got {self.width}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -61,16 +64,16 @@ class DigitTrainingConfig:
 class DigitNet(nn.Module):
     """Two conv blocks and an MLP: (N, 1, 16, 16) coverage -> (N, 10) logits."""
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = 16) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.fc1 = nn.Linear(32 * 4 * 4, 64)
+        self.conv1 = nn.Conv2d(1, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, 2 * width, 3, padding=1)
+        self.fc1 = nn.Linear(2 * width * 4 * 4, 64)
         self.fc2 = nn.Linear(64, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)  # (N, 16, 8, 8)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)  # (N, 32, 4, 4)
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)  # (N, width, 8, 8)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)  # (N, 2 width, 4, 4)
         return self.fc2(F.relu(self.fc1(x.flatten(1))))  # (N, 10)
 
 
@@ -116,8 +119,9 @@ class DigitClassifier:
 
         if not Path(path).is_file():
             raise FileNotFoundError(f"digit classifier weights not found: {path}")
-        net = DigitNet()
-        net.load_state_dict(load_file(str(path)))
+        state = load_file(str(path))
+        net = DigitNet(width=int(state["conv1.weight"].shape[0]))
+        net.load_state_dict(state)
         return cls(net)
 
 
@@ -136,7 +140,7 @@ def _mp4_round_trip(frames: np.ndarray) -> np.ndarray:
         return read_video(path)
 
 
-def glyph_crops(test: bool, colours_per_glyph: int = 3, mp4_fraction: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def glyph_crops(test: bool, colours_per_glyph: int = 4, mp4_fraction: float = 0.75, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Crops of the training (``test=False``) or test glyphs as the scene parser cuts them out.
 
     Every glyph is drawn at both sizes in ``colours_per_glyph`` colours at a random position; a
@@ -163,7 +167,7 @@ def glyph_crops(test: bool, colours_per_glyph: int = 3, mp4_fraction: float = 0.
         frames_arr[coded] = _mp4_round_trip(frames_arr[coded])
     crops, kept = [], []
     for frame, digit in zip(frames_arr, targets):
-        blobs = [b for b in _blobs(frame) if b.crop is not None]
+        blobs = [b for b in segment_frame(frame) if b.crop is not None]
         if len(blobs) == 1:  # one digit found, as drawn
             crops.append(blobs[0].crop)
             kept.append(digit)
@@ -180,7 +184,7 @@ def train_digit_classifier(config: DigitTrainingConfig | None = None) -> DigitCl
         gen = torch.Generator().manual_seed(config.seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            net = DigitNet()
+            net = DigitNet(config.width)
         x, y = torch.from_numpy(x_np)[:, None], torch.from_numpy(y_np)
         opt = torch.optim.Adam(net.parameters(), lr=config.lr)
         steps = config.epochs * ((len(x) + config.batch_size - 1) // config.batch_size)

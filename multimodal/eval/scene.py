@@ -41,6 +41,7 @@ PALETTE_NAMES = tuple(COLOURS)
 _PALETTE = np.array([COLOURS[n] for n in PALETTE_NAMES], dtype=np.float32)  # (8, 3)
 _PALETTE_PEAK = _PALETTE.max(axis=1)  # (8,) full-coverage brightness of each colour
 _PALETTE_UNIT = _PALETTE / _PALETTE_PEAK[:, None] * 255.0  # hue at full brightness
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # BT.601 luma weights
 
 
 @dataclass(frozen=True)
@@ -70,15 +71,21 @@ class SceneObject:
 
 
 def to_canvas(frames: np.ndarray) -> np.ndarray:
-    """(T, H, W, 3) or (H, W, 3) uint8 frames of any size -> (T, 64, 64, 3) uint8."""
+    """(T, H, W, 3) or (H, W, 3) frames of any size -> (T, 64, 64, 3) uint8.
+
+    uint8 frames are taken as they are; float frames whose maximum is at most 1 are read as [0, 1].
+    """
     frames = np.asarray(frames)
     if frames.ndim == 3:
         frames = frames[None]
     if frames.ndim != 4 or frames.shape[-1] not in (3, 4):
         raise ValueError(f"frames must be (T, H, W, 3) RGB, got shape {frames.shape}")
     frames = frames[..., :3]
-    if frames.dtype != np.uint8:
-        frames = np.clip(np.rint(frames.astype(np.float64)), 0, 255).astype(np.uint8)
+    if frames.dtype != np.uint8:  # floats in [0, 1] (a model's output) or in [0, 255]
+        values = frames.astype(np.float64)
+        if np.issubdtype(frames.dtype, np.floating) and values.size and values.max() <= 1.0:
+            values = values * 255.0
+        frames = np.clip(np.rint(values), 0, 255).astype(np.uint8)
     if frames.shape[1:3] == (FRAME_SIZE, FRAME_SIZE):
         return frames
     resized = [
@@ -148,17 +155,32 @@ def classify_geometry(pixels: np.ndarray, mask: np.ndarray, colour: str) -> tupl
     return shape, iou
 
 
+def coverage(pixels: np.ndarray, colour: str) -> np.ndarray:
+    """How much of ``colour`` covers each pixel of an (..., 3) array, in [0, 1].
+
+    Read from luma (0.299 R + 0.587 G + 0.114 B) over the colour's luma: H.264 in yuv420p keeps luma at
+    full resolution but halves chroma, so thin glyph strokes survive in luma. Blue has too little
+    luma (29 of 255) to measure that way and is read from its brightest channel instead.
+    """
+    rgb = _PALETTE[PALETTE_NAMES.index(colour)]
+    luma = float(rgb @ _LUMA)
+    if luma >= 60.0:
+        cover = pixels.astype(np.float32) @ _LUMA / luma
+    else:
+        cover = pixels.max(axis=-1).astype(np.float32) / float(rgb.max())
+    return cover.clip(0.0, 1.0)
+
+
 def digit_crop(frame: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int], colour: str) -> np.ndarray:
     """The classifier's input for an object: coverage in its box, padded square, ``CLASSIFIER_SIDE``².
 
-    Coverage is the brightest channel over the colour's full brightness, kept only on the object's
-    foreground pixels and their one-pixel rim (the glyph's antialiasing); float32 in [0, 1].
+    Coverage (see :func:`coverage`) is kept only on the object's foreground pixels and their one-pixel
+    rim (the glyph's antialiasing); float32 in [0, 1].
     """
     x0, y0, x1, y1 = box
-    peak = float(_PALETTE_PEAK[PALETTE_NAMES.index(colour)])
-    cover = frame[y0:y1, x0:x1].max(axis=-1).astype(np.float32) / peak
+    cover = coverage(frame[y0:y1, x0:x1], colour)
     keep = ndimage.binary_dilation(mask, structure=np.ones((3, 3), bool))
-    cover = np.where(keep, cover.clip(0.0, 1.0), 0.0).astype(np.float32)
+    cover = np.where(keep, cover, 0.0).astype(np.float32)
     h, w = cover.shape
     side = max(h, w)
     square = np.zeros((side, side), dtype=np.float32)
@@ -169,7 +191,9 @@ def digit_crop(frame: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, in
 
 
 @dataclass(frozen=True)
-class _Blob:
+class Segment:
+    """An object as segmented from one frame, before its digit (if any) is read from ``crop``."""
+
     colour: str
     family: str
     size: str
@@ -179,8 +203,8 @@ class _Blob:
     crop: np.ndarray | None
 
 
-def _blobs(frame: np.ndarray) -> list[_Blob]:
-    """Objects of one 64×64 frame before digit classification."""
+def segment_frame(frame: np.ndarray) -> list[Segment]:
+    """Objects of one 64×64 uint8 frame, before digit classification (digits carry their crop)."""
     bright = frame.max(axis=-1)
     fg = bright >= FOREGROUND
     if not fg.any():
@@ -212,7 +236,7 @@ def _blobs(frame: np.ndarray) -> list[_Blob]:
         size = "large" if max(h, w) >= SIZE_THRESHOLD else "small"
         box = (int(x0), int(y0), int(x1), int(y1))
         crop = digit_crop(frame, mask, box, colour) if shape == "digit" else None
-        blobs.append(_Blob(colour, shape, size, box, area, iou, crop))
+        blobs.append(Segment(colour, shape, size, box, area, iou, crop))
     return blobs
 
 
@@ -223,7 +247,7 @@ def parse_frames(frames: np.ndarray, classifier=None) -> list[list[SceneObject]]
     digits; by default the package's shipped :class:`~multimodal.eval.digits.DigitClassifier`.
     """
     canvas = to_canvas(frames)
-    per_frame = [_blobs(f) for f in canvas]
+    per_frame = [segment_frame(f) for f in canvas]
     crops = [b.crop for blobs in per_frame for b in blobs if b.crop is not None]
     digits: list[tuple[int, float]] = []
     if crops:

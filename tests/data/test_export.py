@@ -36,3 +36,14 @@ def test_world_command_rejects_bad_arguments(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'dev'" in err
     assert main(["world", str(tmp_path / "w"), "--images", "0", "--videos", "0"]) == 2
+
+
+def test_module_entry_point_reports_errors_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-m", "multimodal.cli", "world", str(tmp_path / "w"), "--split", "dev"],
+                         cwd=root, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "got 'dev'" in out.stderr

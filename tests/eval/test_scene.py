@@ -62,6 +62,14 @@ def test_frames_of_any_size_are_resized_first(side):
     assert correct >= (30 if side >= 96 else 24), correct
 
 
+def test_float_frames_in_unit_range_are_read_like_uint8():
+    s = sample_image(split_seed("train", 3))
+    frame = render_sample(s)[0]
+    as_uint8 = parse_frame(frame)
+    assert parse_frame(frame.astype(np.float32) / 255.0) == as_uint8
+    assert parse_frame(frame.astype(np.float64)) == as_uint8
+
+
 def test_empty_and_noisy_frames():
     assert parse_frame(np.zeros((64, 64, 3), np.uint8)) == []
     rng = np.random.default_rng(0)
