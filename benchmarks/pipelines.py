@@ -29,19 +29,31 @@ from multimodal.pipelines import (ImageCaptionPipeline, TextGenerationPipeline, 
 from multimodal.pipelines.visual_generation import set_scheduler_timesteps
 
 
-def timed(fn, repeats: int, device: torch.device) -> float:
-    """Median seconds of `fn()` over `repeats` runs, after one warm-up run."""
+def _clock(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
     fn()
-    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def timed(fn, repeats: int, device: torch.device) -> float:
+    """Fastest of `repeats` runs of `fn()` after one warm-up run (the minimum is the least disturbed by other load
+    on a shared machine, as `timeit` advises)."""
+    fn()
+    return min(_clock(fn, device) for _ in range(repeats))
+
+
+def timed_pair(fn_a, fn_b, repeats: int, device: torch.device) -> tuple[float, float]:
+    """Like `timed` for two functions, run alternately so both see the same background load."""
+    fn_a(), fn_b()
+    a, b = [], []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        a.append(_clock(fn_a, device))
+        b.append(_clock(fn_b, device))
+    return min(a), min(b)
 
 
 @torch.no_grad()
@@ -85,8 +97,8 @@ def bench_device(pipe: TextToImagePipeline, device: torch.device, args) -> dict:
     for kind, shape in (("image", pipe.model.image_head.latent_shape(1, cfg.height, cfg.width, cfg.spatial_compression)),
                         ("video", pipe.model.video_head.latent_shape(1, cfg.num_frames, cfg.height, cfg.width,
                                                                      cfg.temporal_compression, cfg.spatial_compression))):
-        fast = timed(lambda: denoise(pipe, kind, args.steps, 3.0, False, shape), args.repeats, device)
-        slow = timed(lambda: denoise(pipe, kind, args.steps, 3.0, True, shape), args.repeats, device)
+        fast, slow = timed_pair(lambda: denoise(pipe, kind, args.steps, 3.0, False, shape),
+                                lambda: denoise(pipe, kind, args.steps, 3.0, True, shape), args.repeats, device)
         diff = (denoise(pipe, kind, args.steps, 3.0, False, shape) - denoise(pipe, kind, args.steps, 3.0, True, shape))
         r[f"{kind}_denoise"] = {"head_only_seconds": fast, "backbone_every_step_seconds": slow,
                                 "speedup": slow / fast, "max_abs_diff": float(diff.abs().max())}

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "multimodal.commands.caption",
     "multimodal.commands.world",
     "multimodal.commands.eval",
+    "multimodal.commands.train_text_tokenizer",
 )
 
 

@@ -357,11 +357,11 @@ class UnifiedModel(nn.Module):
 
         Each prompt is replaced by the empty prompt with probability `condition_dropout`, so the head also learns the
         unconditional velocity that classifier-free guidance needs."""
-        drop = torch.rand(len(prompts), generator=generator) < self.config.condition_dropout
+        where = generator.device if generator is not None else torch.device("cpu")
+        drop = torch.rand(len(prompts), generator=generator, device=where) < self.config.condition_dropout
         prompts = [[] if d else list(p) for p, d in zip(prompts, drop.tolist())]
         cond = self.encode_prompts(prompts, kind)
-        gen = generator if generator is None or generator.device == latents.device else None
-        return flow_matching_loss(self.head(kind), latents, cond, generator=gen)
+        return flow_matching_loss(self.head(kind), latents, cond, generator=generator)
 
     def caption_loss(self, latents: Sequence[torch.Tensor], kind: str, captions: Sequence[Sequence[int]]) -> torch.Tensor:
         """Next-token cross-entropy of `caption <eos>` after `<bos> <begin> visual <end>`; latents [C, T', h, w] each."""

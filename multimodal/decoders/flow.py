@@ -207,10 +207,13 @@ class FlowTransformer(nn.Module):
 
 def sample_sigmas(n: int, generator: torch.Generator | None, device: torch.device,
                   logit_normal: bool = True) -> torch.Tensor:
-    """Training noise levels [n] in (0, 1): logit-normal (SD3, arXiv 2403.03206 §3.1) or uniform."""
+    """Training noise levels [n] in (0, 1): logit-normal (SD3, arXiv 2403.03206 §3.1) or uniform.
+
+    Drawn on the generator's device (a CPU generator keeps CPU and GPU runs equal), then moved to `device`."""
+    where = generator.device if generator is not None else device
     if logit_normal:
-        return torch.sigmoid(torch.randn(n, generator=generator, device=device))
-    return torch.rand(n, generator=generator, device=device)
+        return torch.sigmoid(torch.randn(n, generator=generator, device=where)).to(device)
+    return torch.rand(n, generator=generator, device=where).to(device)
 
 
 def flow_matching_loss(head: FlowTransformer, x0: torch.Tensor, cond: torch.Tensor,
@@ -222,7 +225,8 @@ def flow_matching_loss(head: FlowTransformer, x0: torch.Tensor, cond: torch.Tens
     b = x0.shape[0]
     if sigmas is None:
         sigmas = sample_sigmas(b, generator, x0.device)
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    where = generator.device if generator is not None else x0.device
+    noise = torch.randn(x0.shape, generator=generator, device=where, dtype=x0.dtype).to(x0.device)
     s = sigmas.to(x0.dtype).view(b, 1, 1, 1, 1)
     x_t = (1 - s) * x0 + s * noise
     v = head(x_t, sigmas * NUM_TRAIN_TIMESTEPS, cond, cond_mask)

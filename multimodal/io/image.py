@@ -13,12 +13,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from multimodal.io.atomic import atomic_path
 from multimodal.io.errors import MediaError, check_media_path
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -68,14 +68,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray | Image.Image, qualit
         raise ValueError(f"unknown image extension {path.suffix!r} for {path}")
     if fmt == "JPEG" and img.mode not in ("RGB", "L"):
         img = img.convert("RGB")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".part" + path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        kwargs = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    kwargs = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    with atomic_path(path) as tmp:
         img.save(tmp, format=fmt, **kwargs)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

@@ -19,6 +19,7 @@ import av
 import numpy as np
 from PIL import Image
 
+from multimodal.io.atomic import _umask
 from multimodal.io.errors import MediaError
 
 # extension -> (PyAV codec, pixel format, codec options)
@@ -126,6 +127,7 @@ class VideoWriter:
         for packet in self._stream.encode():
             self._container.mux(packet)
         self._container.close()
+        os.chmod(self._tmp, 0o666 & ~_umask())
         os.replace(self._tmp, self.path)
         return self.path
 

@@ -188,14 +188,16 @@ class MultimodalPipeline(DiffusionPipeline):
     def from_scratch(cls, preset: str = "debug", seed: int = 0, tokenizer: TextTokenizer | None = None,
                      vae: CausalAutoencoder | None = None) -> "MultimodalPipeline":
         """A randomly initialised (untrained) pipeline of a model preset: for tests, benchmarks and wiring a notebook
-        before a trained model exists. The tokenizer is trained on the world's captions unless given."""
+        before a trained model exists. The tokenizer is trained on the world's captions unless given; the autoencoder
+        is the shipped trained one, except for `debug`, which gets a narrow random one."""
         random.seed(seed)
         torch.manual_seed(seed)
         tokenizer = tokenizer or TextTokenizer.train(caption_corpus(), vocab_size=400 if preset == "debug" else 1024,
                                                      min_frequency=1)
         config = model_preset(preset, TokenIds.from_tokenizer(tokenizer), vocab_size=tokenizer.vocab_size)
-        if vae is None:
-            small = AutoencoderConfig(channels=(8, 16, 16), norm_groups=4, decoder_blocks=(1, 1, 1))
-            vae = CausalAutoencoder(small if preset == "debug" else AutoencoderConfig())
+        if vae is None and preset == "debug":    # a narrow random autoencoder keeps the debug pipeline fast
+            vae = CausalAutoencoder(AutoencoderConfig(channels=(8, 16, 16), norm_groups=4, decoder_blocks=(1, 1, 1)))
+        elif vae is None:                        # the trained autoencoder shipped with the package
+            vae = CausalAutoencoder.from_pretrained()
         model = UnifiedModel(config).eval()
         return cls(model=model, tokenizer=tokenizer, vae=vae.eval(), scheduler=FlowMatchEulerDiscreteScheduler())

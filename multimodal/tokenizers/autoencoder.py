@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+from multimodal.io.atomic import atomic_path
 from multimodal.tokenizers.causal_layers import (
     FrameGroupNorm,
     PixelShuffle3d,
@@ -42,6 +42,12 @@ from multimodal.tokenizers.causal_layers import (
 from multimodal.tokenizers.config import AutoencoderConfig
 
 DEFAULT_WEIGHTS = "autoencoder_shapes64.safetensors"
+
+
+def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise shaped like ``x``, drawn on the generator's device, moved to ``x``'s."""
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
 
 
 class Encoder(nn.Module):
@@ -163,8 +169,7 @@ class CausalAutoencoder(nn.Module):
         mean, logvar = self.encode_moments(x, chunk)
         if not sample:
             return mean
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return mean + torch.exp(0.5 * logvar) * noise
+        return mean + torch.exp(0.5 * logvar) * _noise_like(mean, generator)
 
     # ----------------------------------------------------------------- decode
     def decode(self, z: torch.Tensor, chunk_frames: int | None = -1) -> torch.Tensor:
@@ -187,7 +192,7 @@ class CausalAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training pass: returns (reconstruction (B, 3, T, H, W), mean, logvar) of a sampled latent."""
         mean, logvar = self.encode_moments(x, None)
-        z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        z = mean + torch.exp(0.5 * logvar) * _noise_like(mean, generator)
         return self.decoder(z), mean, logvar
 
     # ----------------------------------------------------------------- latent statistics
@@ -214,14 +219,8 @@ class CausalAutoencoder(nn.Module):
         tensors = {k: v.detach().to("cpu", dtype if v.is_floating_point() else v.dtype).contiguous() for k, v in self.state_dict().items()}
         meta = {"config": self.config.to_json(), "format": "multimodal.CausalAutoencoder"}
         meta.update({k: str(v) for k, v in (metadata or {}).items()})
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         return path
 
     @classmethod

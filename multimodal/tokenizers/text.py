@@ -18,13 +18,15 @@ package needs are appended after its vocabulary.
 
 from __future__ import annotations
 
+import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from multimodal.io.atomic import atomic_path
 
 
 @dataclass(frozen=True)
@@ -126,20 +128,12 @@ class TextTokenizer:
         if path.is_dir() or path.suffix != ".json":
             path.mkdir(parents=True, exist_ok=True)
             path = path / "tokenizer.json"
-        fd, tmp = tempfile.mkstemp(prefix="tokenizer.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             self.tokenizer.save(tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
         return path
 
     def _make_plain(self) -> Tokenizer:
         """A copy whose added tokens are never matched in input text (they stay in the vocabulary)."""
-        import json
-
         spec = json.loads(self.tokenizer.to_str())
         spec["added_tokens"] = []
         return Tokenizer.from_str(json.dumps(spec))
@@ -218,7 +212,10 @@ class TextTokenizer:
             texts = [texts]
         seqs = self.encode_batch(texts, add_bos, add_eos)
         if max_length is not None:
-            seqs = [s if len(s) <= max_length else s[: max_length - 1] + [s[-1]] if add_eos else s[:max_length] for s in seqs]
+            if max_length < 1 + int(add_eos):
+                raise ValueError(f"max_length must be >= {1 + int(add_eos)}, got {max_length}")
+            cut = [s[: max_length - 1] + [s[-1]] if add_eos else s[:max_length] for s in seqs]
+            seqs = [s if len(s) <= max_length else c for s, c in zip(seqs, cut)]
         n = max((len(s) for s in seqs), default=0)
         ids = torch.full((len(seqs), n), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), n), dtype=torch.long)

@@ -100,3 +100,19 @@ def test_write_is_atomic_and_rejects_unknown_extension(tmp_path):
     assert list(tmp_path.iterdir()) == []
     write_image(tmp_path / "sub" / "x.png", quadrants())
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["x.png"]
+
+
+def test_written_files_are_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    from multimodal.io import write_video
+
+    mask = os.umask(0o022)
+    try:
+        img = write_image(tmp_path / "x.png", quadrants())
+        vid = write_video(tmp_path / "x.mp4", [quadrants()] * 3)
+    finally:
+        os.umask(mask)
+    for p in (img, vid):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644

@@ -131,3 +131,16 @@ def test_loads_a_deepseek_tokenizer_json(tmp_path):
     assert tok.decode(tok.encode(text, add_bos=True)) == text
     ids = [tok.ids["begin_image"], *tok.encode("hi"), tok.ids["end_image"]]
     assert tok.decode(ids, skip_special_tokens=False) == "<|begin_image|>hi<|end_image|>"
+
+
+def test_train_command_writes_a_tokenizer(tmp_path, capsys):
+    from multimodal.cli import main
+
+    corpus = tmp_path / "captions.txt"
+    corpus.write_text("\n".join(captions(300)) + "\n\n", encoding="utf-8")
+    assert main(["train-text-tokenizer", str(corpus), "--vocab-size", "350", "--out", str(tmp_path / "tok")]) == 0
+    assert "tokens" in capsys.readouterr().out
+    tok = TextTokenizer.from_file(tmp_path / "tok" / "tokenizer.json")
+    assert tok.vocab_size <= 350 and tok.decode(tok.encode("a large red circle")) == "a large red circle"
+    assert main(["train-text-tokenizer", str(tmp_path / "missing.txt")]) == 2
+    assert "no such caption file" in capsys.readouterr().err
