@@ -1,0 +1,173 @@
+"""What the distributed tests run inside each spawned rank, and the one-process reference they are compared against.
+
+A real `torch.distributed` run: `spawn_ranks` starts `world` processes with the environment torchrun would give them
+(RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR=127.0.0.1, a free MASTER_PORT); each joins a gloo process group through
+`init_distributed`. The training step is a minimal one of our own (next-token + MTP cross-entropy, AdamW, global
+gradient clipping, aux-loss-free router-bias update on the global expert load), identical in both settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch.distributed.tensor import DTensor
+
+from multimodal.backbone.moe import MoE
+from multimodal.backbone.transformer import Transformer
+from multimodal.config import preset
+from multimodal.training.data_sharding import ShardedSampler
+from multimodal.training.distributed import (DistributedContext, ParallelConfig, all_reduce_mean, build_mesh,
+                                             clip_grad_norm_, global_expert_load, init_distributed, parallelize,
+                                             shutdown)
+
+SEQ, GLOBAL_BATCH, NUM_SAMPLES, LR = 12, 4, 16, 3e-3
+
+
+# --------------------------------------------------------------------------------------------------- the model
+def make_model(seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
+    model = Transformer(preset("debug"))
+    # The mHC `fn` weights start at zero, and the n residual streams start as copies of one another, so their first
+    # gradients are ~1e-8 remainders of cancelling sums: Adam (eps 1e-8) would turn summation-order noise in them
+    # into lr-sized steps. A small random start makes them ordinary weights for this comparison.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".fn"):
+                p.normal_(std=0.02)
+    return model
+
+
+def dataset(seed: int = 1) -> torch.Tensor:
+    """[NUM_SAMPLES, SEQ] token ids."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, preset("debug").vocab_size, (NUM_SAMPLES, SEQ), generator=g)
+
+
+def make_optimizer(model: Transformer) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.1)
+
+
+def full_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Global gradient of every parameter that has one (a collective for DTensors: call on every rank)."""
+    return {n: (p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad).detach().clone()
+            for n, p in model.named_parameters() if p.grad is not None}
+
+
+def train_step(model: Transformer, opt: torch.optim.Optimizer, ids: torch.Tensor, ctx: DistributedContext,
+               grads: dict[str, torch.Tensor] | None = None) -> float:
+    """One optimizer step on this rank's slice `ids` [b, S]; returns the loss of the global batch. When `grads` is a
+    dict, the unclipped global gradients of this step are stored in it."""
+    out = model(ids)
+    loss = F.cross_entropy(out.logits[:, :-1].flatten(0, 1), ids[:, 1:].reshape(-1))
+    loss = loss + 0.5 * model.mtp_loss(ids, out.hidden_states)
+    loss.backward()
+    if grads is not None:
+        grads.update(full_grads(model))
+    clip_grad_norm_(model.parameters(), 1.0, ctx)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    loads = global_expert_load(model, ctx)
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, MoE) and not m.hashed and name in loads:
+                load = loads[name].float()
+                m.gate.bias += m.gate.cfg.bias_update_speed * torch.sign(load.mean() - load)
+    return all_reduce_mean(loss, ctx).item()
+
+
+def run_steps(model: Transformer, opt: torch.optim.Optimizer, sampler: ShardedSampler, steps: int,
+              ctx: DistributedContext, first_grads: dict[str, torch.Tensor] | None = None) -> list[float]:
+    """`steps` training steps reading this rank's share of the data; the first step's gradients go to `first_grads`."""
+    data, batches = dataset(), sampler.local_batches()
+    return [train_step(model, opt, data[next(batches)], ctx, first_grads if i == 0 else None) for i in range(steps)]
+
+
+def full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Global tensors of every parameter and buffer (a collective for DTensors: call on every rank)."""
+    out = {}
+    for k, v in model.state_dict().items():
+        out[k] = (v.full_tensor() if isinstance(v, DTensor) else v).detach().clone().contiguous()
+    return out
+
+
+def reference(steps: int) -> tuple[list[float], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One process, the global batch, no distributed code path: (losses, final state, first-step gradients)."""
+    ctx = init_distributed(env={})
+    model = make_model()
+    opt = make_optimizer(model)
+    grads: dict[str, torch.Tensor] = {}
+    losses = run_steps(model, opt, ShardedSampler(NUM_SAMPLES, GLOBAL_BATCH), steps, ctx, grads)
+    return losses, full_state(model), grads
+
+
+# ------------------------------------------------------------------------------------------------ process start
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_env(rank: int, world: int, port: int) -> dict[str, str]:
+    return {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+
+
+def _entry(rank: int, world: int, port: int, fn: Callable[..., None], args: tuple) -> None:
+    os.environ.update(rank_env(rank, world, port))
+    torch.set_num_threads(1)
+    fn(rank, world, *args)
+
+
+def spawn_ranks(fn: Callable[..., None], world: int, args: tuple, timeout_s: float = 240.0) -> None:
+    """Run fn(rank, world, *args) in `world` fresh processes; raises if any fails or they exceed the timeout."""
+    context = mp.start_processes(_entry, args=(world, free_port(), fn, args), nprocs=world, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + timeout_s
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for p in context.processes:
+                p.kill()
+            raise TimeoutError(f"distributed test ranks still running after {timeout_s}s")
+
+
+# ------------------------------------------------------------------------------------------------ rank workers
+def with_ep(ctx: DistributedContext, ep: int) -> DistributedContext:
+    """The same process group seen through a mesh with expert-parallel degree `ep`."""
+    return dataclasses.replace(ctx, mesh=build_mesh(ctx.world_size, ep, ctx.device.type))
+
+
+def train_worker(rank: int, world: int, out_dir: str, scenarios: list[dict[str, Any]], steps: int) -> None:
+    """For each scenario {name, ep, ac}: build, parallelize, train `steps` steps, write losses and full weights."""
+    base = init_distributed(ParallelConfig(timeout_s=60))
+    try:
+        for sc in scenarios:
+            cfg = ParallelConfig(ep=sc["ep"], activation_checkpointing=sc.get("ac", False), timeout_s=60)
+            ctx = with_ep(base, cfg.ep)
+            model = parallelize(make_model(), ctx, cfg)
+            opt = make_optimizer(model)
+            sampler = ShardedSampler(NUM_SAMPLES, GLOBAL_BATCH, ctx.rank, ctx.world_size)
+            grads: dict[str, torch.Tensor] = {}
+            t0 = time.perf_counter()
+            losses = run_steps(model, opt, sampler, steps, ctx, grads)
+            seconds = time.perf_counter() - t0
+            state = full_state(model)
+            if rank == 0:
+                out = Path(out_dir) / sc["name"]
+                out.mkdir(parents=True, exist_ok=True)
+                save_file(state, str(out / "weights.safetensors"))
+                save_file(grads, str(out / "grads.safetensors"))
+                local = {k: list(v.to_local().shape) for k, v in model.state_dict().items() if isinstance(v, DTensor)}
+                (out / "result.json").write_text(json.dumps({"losses": losses, "seconds": seconds,
+                                                             "local_shapes": local}))
+    finally:
+        shutdown(base)
