@@ -24,7 +24,6 @@ from .fp8 import FP8_DTYPES, dequantize_blockwise
 from .hf_config import from_hf_config, to_hf_config
 from .names import disk_to_ours, expert_key, ours_to_disk, stacked_key
 
-_SCALE_SUFFIXES = ("_scale_inv", ".scale")
 
 
 class CheckpointError(ValueError):
@@ -49,6 +48,14 @@ def _shard_files(path: Path) -> list[Path]:
     return files
 
 
+def is_block_scale(key: str, keys) -> bool:
+    """`key` is the block scale of an FP8 weight in `keys` (`<w>.weight_scale_inv` or `<w>.scale` next to
+    `<w>.weight`), not a parameter that happens to be named `scale` (e.g. `mtp.0.hc_head.scale`)."""
+    if key.endswith("_scale_inv"):
+        return True
+    return key.endswith(".scale") and key.removesuffix(".scale") + ".weight" in keys
+
+
 def read_tensors(path: str | Path, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint folder under OUR names, FP8 dequantised, experts stacked to [E, ...]."""
     path = Path(path)
@@ -60,7 +67,7 @@ def read_tensors(path: str | Path, dtype: torch.dtype = torch.float32) -> dict[s
     out: dict[str, torch.Tensor] = {}
     experts: dict[tuple[str, str], dict[int, torch.Tensor]] = defaultdict(dict)
     for key, t in raw.items():
-        if key.endswith(_SCALE_SUFFIXES):
+        if is_block_scale(key, raw):
             continue
         if t.dtype in FP8_DTYPES:
             base = key.removesuffix(".weight")

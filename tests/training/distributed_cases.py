@@ -171,3 +171,50 @@ def train_worker(rank: int, world: int, out_dir: str, scenarios: list[dict[str, 
                                                              "local_shapes": local}))
     finally:
         shutdown(base)
+
+
+def probe_ids() -> torch.Tensor:
+    """A fixed [2, SEQ] batch for comparing logits."""
+    g = torch.Generator().manual_seed(7)
+    return torch.randint(0, preset("debug").vocab_size, (2, SEQ), generator=g)
+
+
+def checkpoint_worker(rank: int, world: int, out_dir: str, one_rank_ckpt: str) -> None:
+    """2 ranks, FSDP + EP=2: (a) train 2 steps, save a DCP checkpoint and a consolidated export, train step 3;
+    (b) resume the 1-process checkpoint `one_rank_ckpt` and train step 3; (c) expert-parallel inference of the export."""
+    from multimodal.training.sharded_checkpoint import (export_consolidated, load_checkpoint,
+                                                        load_sharded_pretrained, save_checkpoint)
+
+    cfg = ParallelConfig(ep=2, timeout_s=60)
+    ctx = init_distributed(cfg)
+    out = Path(out_dir)
+    try:
+        results: dict[str, Any] = {}
+        # (a) save on 2 ranks
+        model = parallelize(make_model(), ctx, cfg)
+        opt = make_optimizer(model)
+        sampler = ShardedSampler(NUM_SAMPLES, GLOBAL_BATCH, ctx.rank, ctx.world_size)
+        run_steps(model, opt, sampler, 2, ctx)
+        save_checkpoint(out / "ckpt_2ranks", model, opt, ctx, {"step": 2, "sampler": sampler.state_dict()})
+        export_consolidated(model, out / "export_2ranks", ctx)
+        results["continued_loss"] = run_steps(model, opt, sampler, 1, ctx)[0]
+        # (b) resume a 1-process checkpoint on 2 ranks
+        model = parallelize(make_model(seed=123), ctx, cfg)               # different init: the load must overwrite
+        opt = make_optimizer(model)
+        state = load_checkpoint(one_rank_ckpt, model, opt, ctx)
+        sampler = ShardedSampler(NUM_SAMPLES, GLOBAL_BATCH, ctx.rank, ctx.world_size)
+        sampler.load_state_dict(state["sampler"])
+        results["resumed_loss"] = run_steps(model, opt, sampler, 1, ctx)[0]
+        resumed = full_state(model)
+        # (c) inference with the experts spread over the two ranks
+        infer = load_sharded_pretrained(out / "export_2ranks", ctx)
+        with torch.no_grad():
+            logits = infer(probe_ids()).logits
+        local_experts = infer.layers[1].ffn.experts.w1.to_local().shape[0]
+        if rank == 0:
+            save_file(resumed, str(out / "resumed_from_1rank.safetensors"))
+            save_file({"logits": logits.contiguous()}, str(out / "ep_inference.safetensors"))
+            results["local_experts"] = local_experts
+            (out / "checkpoint_results.json").write_text(json.dumps(results))
+    finally:
+        shutdown(ctx)
