@@ -13,6 +13,8 @@ import sys
 
 COMMAND_MODULES = (
     "multimodal.commands.info",
+    "multimodal.commands.train",
+    "multimodal.commands.train_autoencoder",
 )
 
 

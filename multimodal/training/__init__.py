@@ -1,1 +1,28 @@
-"""training subpackage of multimodal."""
+"""Training: the trainer and its config, presets, schedule, checkpoints, metrics and task mix.
+
+    from multimodal.training import Trainer, train_preset
+    Trainer(train_preset("debug"), out="runs/lm").train()
+"""
+
+from .checkpoint import CheckpointWriteError, latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TASK_NAMES, TRAIN_PRESETS, TrainConfig, train_preset
+from .metrics import MetricsLog, plot_metrics, read_metrics
+from .schedule import WarmupCosine
+from .trainer import Trainer, TrainResult
+
+__all__ = [
+    "CheckpointWriteError",
+    "MetricsLog",
+    "TASK_NAMES",
+    "TRAIN_PRESETS",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "WarmupCosine",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "plot_metrics",
+    "read_metrics",
+    "save_checkpoint",
+    "train_preset",
+]

@@ -1,0 +1,53 @@
+"""`multimodal train-autoencoder`: train the causal 3D autoencoder on shapes-world frames.
+
+Example (the run that produced the shipped weights, 2-core CPU)::
+
+    nice -n 10 multimodal train-autoencoder --minutes 28 --out runs/autoencoder/autoencoder.safetensors
+
+It prints the loss as it goes, then the test-split PSNR of images and 17-frame videos, and writes one
+safetensors file (weights, config and latent statistics) atomically.
+"""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train-autoencoder", help="train the causal 3D video autoencoder on shapes-world frames")
+    p.add_argument("--out", default="runs/autoencoder/autoencoder.safetensors", help="output safetensors file")
+    p.add_argument("--minutes", type=float, default=28.0, help="wall-clock training budget (cosine LR over it)")
+    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: time budget only)")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--video-batch", type=int, default=4, help="videos per step")
+    p.add_argument("--video-frames", type=int, default=17, help="frames per training video (1 + 4k)")
+    p.add_argument("--image-batch", type=int, default=8, help="images per step")
+    p.add_argument("--latent-channels", type=int, default=16)
+    p.add_argument("--channels", type=int, nargs=3, default=None, metavar=("C0", "C1", "C2"), help="widths at H/2, H/4, H/8")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--save-dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from multimodal.tokenizers.config import AutoencoderConfig
+    from multimodal.training.autoencoder import AutoencoderTrainConfig, train_autoencoder
+
+    model_kwargs = {"latent_channels": args.latent_channels}
+    if args.channels:
+        model_kwargs["channels"] = tuple(args.channels)
+    cfg = AutoencoderTrainConfig(
+        out=args.out,
+        minutes=args.minutes,
+        max_steps=args.max_steps,
+        lr=args.lr,
+        video_batch=args.video_batch,
+        video_frames=args.video_frames,
+        image_batch=args.image_batch,
+        seed=args.seed,
+        threads=args.threads,
+        save_dtype=args.save_dtype,
+    )
+    _, summary = train_autoencoder(cfg, AutoencoderConfig(**model_kwargs), log=lambda s: print(s, flush=True))
+    print(f"wrote {args.out}: image PSNR {summary['image_psnr']:.2f} dB, video PSNR {summary['video_psnr']:.2f} dB, "
+          f"{summary['steps']} steps in {summary['train_seconds'] / 60:.1f} min")
+    return 0

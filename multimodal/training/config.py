@@ -1,0 +1,171 @@
+"""`TrainConfig`: every knob of a training run in one flat dataclass, plus named training presets.
+
+JSON keys equal field names; `TrainConfig.from_dict` rejects unknown keys by name, and `__post_init__` rejects
+bad values by name. A run's config is written next to its checkpoints (`<out>/train_config.json`), so a run is
+reproduced by `multimodal train --config <out>/train_config.json`.
+
+Task weights (`tasks`) are relative sampling probabilities of the tasks in `TASK_NAMES`;
+each micro-batch is one task, chosen by a seeded draw (see `TaskMix`), and every micro-batch counts equally in its
+update. `text` alone trains the backbone as a language model; any other task trains the unified model
+(`multimodal.model.UnifiedModel`) with the frozen autoencoder. The mix of the `mix-debug` / `mix-tiny` presets:
+
+| task            | weight | why                                                                               |
+|-----------------|--------|-----------------------------------------------------------------------------------|
+| `text_to_image` | 0.30   | the hardest skill and the one the quality table scores most (image accuracy)      |
+| `text_to_video` | 0.25   | motion on top of appearance; a clip costs ~5x an image, so slightly fewer         |
+| `image_to_text` | 0.15   | captioning is learned faster than generation (a short, closed-vocabulary caption) |
+| `video_to_text` | 0.15   | the same for clips; motion words need the video tokens                            |
+| `text`          | 0.15   | language modelling on captions: cheap, keeps the text head fluent                 |
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OPTIMIZERS = ("adamw", "muon")
+TASK_NAMES = ("text", "text_to_image", "text_to_video", "image_to_text", "video_to_text")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Steps count optimizer updates; one update = `grad_accum` micro-batches."""
+
+    # model
+    preset: str = "debug"                      # backbone preset of `multimodal.config.PRESETS`
+    model: dict[str, Any] = field(default_factory=dict)   # BackboneConfig field overrides (sub-configs as dicts)
+    autoencoder: str = ""                      # media tasks: the frozen autoencoder's weights ("" = the shipped ones)
+    # data
+    data: str = "world"                        # "world", or a folder / .jsonl of (image or video, caption) pairs
+    tasks: dict[str, float] = field(default_factory=lambda: {"text": 1.0})
+    vocab_size: int = 512                      # BPE vocabulary trained on the training captions
+    seq_len: int = 64                          # text tokens per sample (longer captions are cut, shorter padded)
+    micro_batch_size: int = 8
+    grad_accum: int = 1
+    train_samples: int = 100_000               # world samples in the training stream (one epoch)
+    # optimisation
+    optimizer: str = "adamw"                   # "adamw", or "muon" (Muon on 2-D hidden matrices, AdamW on the rest)
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1                  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 20
+    max_steps: int = 1000                      # length of the cosine schedule, and the default stop
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0                     # max global L2 norm; 0 disables clipping
+    mtp_weight: float = 0.3                    # weight of the multi-token-prediction loss (DeepSeek-V3 lambda)
+    router_bias_update: bool = True            # aux-loss-free balancing of MoE routers after each update
+    precision: str = "auto"                    # "auto" = bf16 autocast on CUDA with bf16 support, else fp32
+    seed: int = 0
+    # bookkeeping
+    log_every: int = 1
+    eval_every: int = 100                      # 0 disables periodic evaluation
+    eval_batches: int = 4
+    save_every: int = 100                      # 0 = only at the end of the run
+    keep_checkpoints: int = 2
+    max_time: float = 0.0                      # seconds of training before a clean stop (0 = no limit)
+    device: str = "cpu"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)  # JSON gives a list
+        self.tasks = {str(k): float(v) for k, v in dict(self.tasks).items()}
+        _check(isinstance(self.model, dict), f"model must be a dict of BackboneConfig overrides, got {self.model!r}")
+        for name in ("vocab_size", "seq_len", "micro_batch_size", "grad_accum", "train_samples", "max_steps",
+                     "eval_batches", "keep_checkpoints"):
+            _check(int(getattr(self, name)) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("warmup_steps", "log_every", "eval_every", "save_every"):
+            _check(int(getattr(self, name)) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        _check(self.seq_len >= 4, f"seq_len must be >= 4, got {self.seq_len}")
+        _check(self.vocab_size >= 265, f"vocab_size must be >= 265 (256 bytes + 9 specials), got {self.vocab_size}")
+        _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        _check(self.warmup_steps <= self.max_steps,
+               f"warmup_steps ({self.warmup_steps}) must be <= max_steps ({self.max_steps})")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        _check(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
+               f"betas must be two numbers in [0, 1), got {self.betas}")
+        _check(self.eps > 0, f"eps must be > 0, got {self.eps}")
+        _check(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}")
+        _check(self.mtp_weight >= 0, f"mtp_weight must be >= 0, got {self.mtp_weight}")
+        _check(self.max_time >= 0, f"max_time must be >= 0 seconds, got {self.max_time}")
+        _check(bool(self.tasks), "tasks must name at least one task")
+        unknown = sorted(set(self.tasks) - set(TASK_NAMES))
+        _check(not unknown, f"unknown tasks {unknown}; choose from {list(TASK_NAMES)}")
+        bad = {k: v for k, v in self.tasks.items() if not v >= 0}
+        _check(not bad, f"task weights must be >= 0, got {bad}")
+        _check(sum(self.tasks.values()) > 0, f"task weights must not all be 0, got {self.tasks}")
+        _check(bool(self.data), "data must be 'world' or a path")
+
+    @property
+    def batch_size(self) -> int:
+        """Samples per optimizer update."""
+        return self.micro_batch_size * self.grad_accum
+
+    # ------------------------------------------------------------------------------------------- (de)serialise
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["betas"] = list(self.betas)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        _check(isinstance(data, dict), f"a training config must be a JSON object, got {type(data).__name__}")
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        _check(not unknown, f"unknown TrainConfig keys: {unknown}")
+        return cls(**copy.deepcopy(data))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"training config not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A validated copy with fields replaced."""
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+# --------------------------------------------------------------------------------------------------------- presets
+MIX = {"text_to_image": 0.30, "text_to_video": 0.25, "image_to_text": 0.15, "video_to_text": 0.15, "text": 0.15}
+
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    # seconds on a laptop CPU: the debug backbone (89k parameters) learning world captions
+    "debug": dict(preset="debug", vocab_size=512, seq_len=32, micro_batch_size=8, max_steps=200, warmup_steps=10,
+                  lr=3e-3, eval_every=50, save_every=50),
+    # the tiny backbone (10.6M parameters); a GPU run of a few thousand steps
+    "tiny": dict(preset="tiny", vocab_size=1024, seq_len=64, micro_batch_size=32, max_steps=5000, warmup_steps=200,
+                 lr=1e-3, eval_every=250, save_every=500),
+    # the unified model on every task of the world (the built-in model's recipe at debug / tiny size)
+    "mix-debug": dict(preset="debug", tasks=dict(MIX), vocab_size=512, seq_len=32, micro_batch_size=4, grad_accum=2,
+                      max_steps=200, warmup_steps=10, lr=2e-3, eval_every=50, save_every=50),
+    "mix-tiny": dict(preset="tiny", tasks=dict(MIX), vocab_size=1024, seq_len=64, micro_batch_size=16, grad_accum=4,
+                     max_steps=20000, warmup_steps=500, lr=5e-4, eval_every=500, save_every=1000),
+}
+
+
+def train_preset(name: str) -> TrainConfig:
+    """A fresh `TrainConfig` for a named training preset: one of `TRAIN_PRESETS`."""
+    if name not in TRAIN_PRESETS:
+        raise ValueError(f"unknown training preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}")
+    return TrainConfig(**copy.deepcopy(TRAIN_PRESETS[name]))

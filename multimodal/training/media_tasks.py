@@ -1,0 +1,83 @@
+"""The tasks that see pixels: text -> image, text -> video (generation) and image -> text, video -> text (captions).
+
+All four train the unified model (`multimodal.model.UnifiedModel`) on normalised latents of the frozen causal
+autoencoder (`multimodal.tokenizers.autoencoder.CausalAutoencoder`): pixels in [0, 1] are mapped to [-1, 1],
+encoded to the posterior mean and standardised with the autoencoder's latent statistics. The autoencoder is
+trained separately (`multimodal train autoencoder`) and never updated here.
+
+| task            | data          | loss                                                                           |
+|-----------------|---------------|--------------------------------------------------------------------------------|
+| `text_to_image` | image + caption | `UnifiedModel.generation_loss`: rectified-flow velocity MSE of the image head, conditioned on the backbone's states at the query tokens after `<bos> caption`; the caption is dropped with probability `condition_dropout` (for classifier-free guidance) |
+| `text_to_video` | video + caption | the same with the video head and 17-frame clips                               |
+| `image_to_text` | image + caption | `UnifiedModel.caption_loss`: next-token cross-entropy of `caption <eos>` after `<bos> <begin_image> visual <end_image>` |
+| `video_to_text` | video + caption | the same after the video's tokens                                             |
+
+The randomness of the generation loss (condition dropout, noise, noise levels) comes from torch's global
+generator, which checkpoints store and restore, so resume stays exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+MEDIA_TASKS = {
+    "text_to_image": ("image", "generate"),
+    "text_to_video": ("video", "generate"),
+    "image_to_text": ("image", "caption"),
+    "video_to_text": ("video", "caption"),
+}
+
+
+@torch.no_grad()
+def encode_latents(autoencoder: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels [B, 3, T, H, W] in [0, 1] -> normalised latents [B, C, 1 + (T - 1) / 4, H / 8, W / 8] (fp32)."""
+    raw = autoencoder.encode(pixels.float() * 2.0 - 1.0)
+    return autoencoder.normalize_latents(raw).float()
+
+
+@dataclass
+class MediaTask:
+    """One of `MEDIA_TASKS`: `kind` ("image" / "video") and `mode` ("generate" / "caption")."""
+
+    tokenizer: Any
+    autoencoder: nn.Module
+    name: str
+    seq_len: int = 64
+    needs_pixels: bool = True
+
+    def __post_init__(self) -> None:
+        if self.name not in MEDIA_TASKS:
+            raise ValueError(f"unknown media task {self.name!r}; choose one of {sorted(MEDIA_TASKS)}")
+        self.kind, self.mode = MEDIA_TASKS[self.name]
+
+    @property
+    def data_kind(self) -> str:
+        """Which items the task's stream serves: "image" or "video"."""
+        return self.kind
+
+    def collate(self, items: Sequence[dict], device: torch.device) -> dict[str, Any]:
+        """Stack pixels (clips cut to the shortest 1 + 4k length in the batch) and tokenise captions (no
+        specials; at most `seq_len` tokens)."""
+        frames = min(int(item["pixels"].shape[1]) for item in items)
+        pixels = torch.stack([item["pixels"][:, :frames] for item in items]).to(device)     # [B, 3, T, H, W]
+        ids = [self.tokenizer.encode(item["caption"])[: self.seq_len] for item in items]
+        return {"pixels": pixels, "caption_ids": ids}
+
+    def weight(self, batch: dict[str, Any]) -> float:
+        """Samples in the batch."""
+        return float(len(batch["caption_ids"]))
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        latents = encode_latents(self.autoencoder, batch["pixels"])                    # [B, C, T', h, w]
+        ids = batch["caption_ids"]
+        if self.mode == "generate":
+            loss = model.generation_loss(ids, latents.to(model.dtype), self.kind)
+            tokens = 0.0
+        else:
+            loss = model.caption_loss(list(latents.to(model.dtype)), self.kind, ids)
+            tokens = float(sum(len(c) + 1 for c in ids))
+        return loss, {"tokens": tokens}

@@ -1,0 +1,165 @@
+"""Optimizers of a run: AdamW, or Muon for hidden weight matrices with AdamW for everything else.
+
+Parameter grouping (`param_groups`):
+- AdamW: matrices (and stacked expert matrices) get weight decay; vectors (norm gains, biases, mHC scalars) don't.
+- Muon (`optimizer="muon"`): every matrix of a hidden layer — attention projections, expert and shared-expert
+  weights, mHC projections, MTP projections — is updated by Muon; the token embedding, the LM head and all
+  vectors stay with AdamW (as in Keller Jordan's Muon and Moonshot's Moonlight).
+
+Muon (momentum orthogonalised): with momentum buffer `M <- mu M + G` and Nesterov look-ahead `U = G + mu M`, the
+update is `O = NS5(U)`, an approximation of the orthogonal factor `U (U^T U)^{-1/2}` by five Newton-Schulz
+iterations of the quintic `X <- a X + b (X X^T) X + c (X X^T)^2 X` with (a, b, c) = (3.4445, -4.7750, 2.0315),
+run in bf16 on a matrix scaled to unit spectral-norm bound. Like Moonlight (arXiv 2502.16982 §2.2) the update is
+rescaled by `0.2 * sqrt(max(rows, cols))` so its RMS matches AdamW's, which lets both groups share one learning
+rate and weight decay. Stacked tensors `[E, rows, cols]` are orthogonalised per matrix (batched).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(g: torch.Tensor, steps: int = 5, eps: float = 1e-7) -> torch.Tensor:
+    """Approximately orthogonalise the last two dims of `g` [..., rows, cols]; returns the same shape and dtype."""
+    a, b, c = NS_COEFFS
+    x = g.to(torch.bfloat16 if g.is_cuda else torch.float32)
+    transpose = x.shape[-2] > x.shape[-1]
+    if transpose:                                   # iterate on the wide orientation: (X X^T) is the small Gram
+        x = x.transpose(-2, -1)
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + eps)
+    for _ in range(steps):
+        gram = x @ x.transpose(-2, -1)                                              # [..., r, r]
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    if transpose:
+        x = x.transpose(-2, -1)
+    return x.to(g.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon with decoupled weight decay and RMS-matched updates, for parameters of >= 2 dims.
+
+    Group options: lr, momentum (0.95), nesterov (True), weight_decay, ns_steps (5)."""
+
+    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.95, nesterov: bool = True,
+                 weight_decay: float = 0.0, ns_steps: int = 5) -> None:
+        if lr <= 0 or not 0 <= momentum < 1 or weight_decay < 0 or ns_steps < 1:
+            raise ValueError(f"bad Muon settings: lr={lr}, momentum={momentum}, weight_decay={weight_decay}, "
+                             f"ns_steps={ns_steps}")
+        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                                      ns_steps=ns_steps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.ndim < 2:
+                    raise ValueError(f"Muon updates matrices only; got a parameter of shape {tuple(p.shape)}")
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                buf = state["momentum_buffer"]
+                buf.mul_(group["momentum"]).add_(p.grad)
+                update = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
+                ortho = newton_schulz(update, group["ns_steps"])
+                scale = 0.2 * max(p.shape[-2], p.shape[-1]) ** 0.5
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(ortho, alpha=-group["lr"] * scale)
+        return loss
+
+
+def _is_muon_param(name: str, p: nn.Parameter) -> bool:
+    """Hidden matrices: >= 2 dims, not the token embedding or the LM head (or their tied copies)."""
+    leaf = name.split(".")[-1]
+    return p.ndim >= 2 and not (name == "embed.weight" or name.endswith("embed.weight") or name == "head.weight"
+                                or name.endswith(".head.weight") or leaf == "tid2eid")
+
+
+def param_groups(model: nn.Module, weight_decay: float, muon: bool) -> dict[str, list[dict]]:
+    """{"adamw": [decay group, no-decay group], "muon": [group]} of trainable parameters, each once."""
+    seen: set[int] = set()
+    decay, no_decay, hidden = [], [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        if muon and _is_muon_param(name, p):
+            hidden.append(p)
+        elif p.ndim >= 2:
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    groups = {"adamw": [g for g in ({"params": decay, "weight_decay": weight_decay},
+                                    {"params": no_decay, "weight_decay": 0.0}) if g["params"]]}
+    groups["muon"] = [{"params": hidden, "weight_decay": weight_decay}] if hidden else []
+    return groups
+
+
+class CombinedOptimizer:
+    """Muon for hidden matrices and AdamW for the rest, driven as one optimizer (one `step`, one state dict).
+
+    `param_groups` lists the children's groups (Muon's first), so a schedule setting `group["lr"]` reaches both."""
+
+    def __init__(self, muon: Muon, adamw: torch.optim.AdamW) -> None:
+        self.children = [muon, adamw]
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.children[0].param_groups + self.children[1].param_groups
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for child in self.children:
+            child.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for child in self.children:
+            child.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        """Both children's states in one dict; AdamW's parameter indices follow Muon's, and every group is tagged
+        with the optimizer it belongs to."""
+        muon, adamw = (c.state_dict() for c in self.children)
+        offset = sum(len(g["params"]) for g in muon["param_groups"])
+        state = dict(muon["state"])
+        state.update({i + offset: s for i, s in adamw["state"].items()})
+        groups = [dict(g, optimizer="muon") for g in muon["param_groups"]]
+        groups += [dict(g, optimizer="adamw", params=[i + offset for i in g["params"]]) for g in adamw["param_groups"]]
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Inverse of `state_dict`."""
+        parts = []
+        for kind in ("muon", "adamw"):
+            mine = [dict(g) for g in state_dict["param_groups"] if g.get("optimizer") == kind]
+            ids = {i for g in mine for i in g["params"]}
+            base = min(ids) if ids else 0
+            for g in mine:
+                g.pop("optimizer")
+                g["params"] = [i - base for i in g["params"]]
+            parts.append({"state": {int(i) - base: s for i, s in state_dict["state"].items() if int(i) in ids},
+                          "param_groups": mine})
+        for child, part in zip(self.children, parts):
+            child.load_state_dict(part)
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, betas: tuple[float, float],
+                    eps: float) -> torch.optim.Optimizer | CombinedOptimizer:
+    """AdamW (`name="adamw"`) or Muon + AdamW (`name="muon"`) over `model`'s trainable parameters."""
+    if name not in ("adamw", "muon"):
+        raise ValueError(f"optimizer must be 'adamw' or 'muon', got {name!r}")
+    groups = param_groups(model, weight_decay, muon=name == "muon")
+    adamw = torch.optim.AdamW(groups["adamw"], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    if name == "adamw" or not groups["muon"]:
+        return adamw
+    return CombinedOptimizer(Muon(groups["muon"], lr=lr, weight_decay=weight_decay), adamw)

@@ -1,0 +1,478 @@
+"""The trainer: one loop for every task mix, with exact resume.
+
+    trainer = Trainer(train_preset("debug"), out="runs/lm")
+    result = trainer.train()            # or Trainer(cfg, out, resume=True).train() to continue
+
+One optimizer update = `grad_accum` micro-batches, each of one task drawn by `TaskMix`; the mean loss is
+back-propagated, the global gradient norm clipped to `grad_clip`, the learning rate set by `WarmupCosine`, MoE
+router biases nudged towards balance (`balance.LoadTracker`). Forward passes run under bf16 autocast where the
+device supports it (`precision="auto"`: CUDA with bf16).
+
+Output folder `out`:
+
+    train_config.json   the run's TrainConfig        model_config.json   the backbone's BackboneConfig
+    tokenizer.json      the BPE trained on the data  metrics.jsonl, metrics.png   curves (see `metrics`)
+    checkpoints/        training state (see `checkpoint`), the newest `keep_checkpoints` of them
+    model/              the final weights for inference (`convert.checkpoint.save_pretrained` + tokenizer.json)
+
+Exact resume: a checkpoint holds the weights and buffers, the optimizer state, the schedule step, each task's
+data position and every RNG; the task of each micro-batch is a pure function of (seed, step, micro); evaluation
+runs on its own data and RNG. A run killed at any instant and resumed therefore logs the same losses, bit for bit
+on the same device, as one never interrupted (tested with SIGKILL on a real subprocess).
+
+Construction is split into small methods — `build_tokenizer`, `build_datasets`, `build_model`, `wrap_model`,
+`build_optimizer`, `model_state`, `load_model_state`, `is_main_process` — so distributed training (FSDP2, expert
+parallelism, activation checkpointing, compile) can subclass the trainer and wrap the model from outside the
+model files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+from ..backbone.transformer import Transformer
+from ..config import BackboneConfig, preset
+from .balance import LoadTracker
+from .checkpoint import latest_checkpoint, load_checkpoint, restore_rng, rng_of, save_checkpoint
+from .config import TrainConfig
+from .metrics import MetricsLog, plot_metrics, read_metrics
+from .optimizer import build_optimizer
+from .schedule import WarmupCosine
+from .tasks import TEXT_TASKS, SampleStream, TaskMix, TextTask, caption_of
+from .validation import validation_loss
+
+Evaluator = Callable[["Trainer"], dict[str, float]]
+
+# fields a resumed run may change; every other field is part of the recipe and must match the checkpoint's
+RESUMABLE_FIELDS = ("max_time", "device", "progress", "log_every", "eval_every", "eval_batches", "save_every",
+                    "keep_checkpoints")
+TOKENIZER_CORPUS = 5000          # captions the BPE is trained on
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 when asked for, or under "auto" on a CUDA device that supports it; None means fp32 (no autocast)."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+@dataclass
+class TrainResult:
+    """What `Trainer.train` returns: where it stopped, why, and the last logged losses."""
+
+    step: int
+    stop_reason: str             # "max_steps", "max_time" or "stop_requested"
+    loss: float | None
+    eval: dict[str, float]
+    checkpoint: Path | None
+    train_seconds: float
+
+
+class Trainer:
+    """Trains the model of `config` into folder `out`; `resume=True` continues from its newest checkpoint.
+
+    `evaluators` are called every `eval_every` updates and at the end, with the trainer, in eval mode under
+    `torch.no_grad()`, and return {name: value} logged as `eval/<name>`; the validation loss always runs first.
+    """
+
+    def __init__(self, config: TrainConfig, out: str | Path, resume: bool = False,
+                 evaluators: list[Evaluator] | None = None, log: Callable[[str], None] = print) -> None:
+        self.config, self.out, self.resume = config, Path(out), resume
+        self.device = torch.device(config.device)
+        self.evaluators: list[Evaluator] = [validation_loss] + list(evaluators or [])
+        self.log = log
+        self.step = 0
+        self.stop_requested = False          # set from a signal handler for a clean stop with a checkpoint
+        self.amp_dtype = autocast_dtype(config.precision, self.device)
+        self.skipped_items = 0
+        self.train_seconds = 0.0             # seconds spent in updates, summed over resumes
+        self._resume_from: Path | None = None
+        self._setup()
+        self._last_saved = self.step if self._resume_from is not None else -1
+
+    # ------------------------------------------------------------------------------------------ construction
+    def is_main_process(self) -> bool:
+        """Only the main process writes logs, plots and checkpoints (distributed subclasses override)."""
+        return not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
+            or torch.distributed.get_rank() == 0
+
+    @property
+    def trains_media(self) -> bool:
+        """Whether any task sees pixels (then the model is the unified model, with the frozen autoencoder)."""
+        return any(name not in TEXT_TASKS for name, w in self.config.tasks.items() if w > 0)
+
+    def build_datasets(self) -> tuple[dict[str, Dataset], dict[str, Dataset | None]]:
+        """(train, validation) datasets by data kind ("mixed", "image", "video"): the world's splits, or the
+        user's pairs with every 20th pair held out for validation."""
+        cfg = self.config
+        kinds = ("mixed", "image", "video")
+        if cfg.data == "world":
+            from ..data.datasets import WorldDataConfig, WorldDataset
+            n_val = cfg.eval_batches * cfg.micro_batch_size
+            train = {k: WorldDataset(WorldDataConfig(split="train", modality=k, length=cfg.train_samples))
+                     for k in kinds}
+            val = {k: WorldDataset(WorldDataConfig(split="validation", modality=k, length=n_val)) for k in kinds}
+            return train, val
+        from ..data.user_data import UserPairsDataset
+        pairs = UserPairsDataset(cfg.data)
+        train: dict[str, Dataset] = {}
+        val: dict[str, Dataset | None] = {}
+        for kind in kinds:
+            idx = [i for i, p in enumerate(pairs.pairs) if kind == "mixed" or p.kind == kind]
+            train_idx = [i for i in idx if i % 20 != 19]
+            val_idx = [i for i in idx if i % 20 == 19]
+            if train_idx:
+                train[kind] = Subset(pairs, train_idx)
+            val[kind] = Subset(pairs, val_idx) if val_idx else None
+        return train, val
+
+    def build_tokenizer(self, train: Dataset):
+        """The run's BPE: loaded from `out/tokenizer.json` when resuming, else trained on the training captions."""
+        from ..tokenizers.text import TextTokenizer
+        path = self.out / "tokenizer.json"
+        if path.is_file() and self._resume_from is not None:
+            return TextTokenizer.from_file(path)
+        n = min(len(train), TOKENIZER_CORPUS)
+        captions = [caption_of(train, i) for i in range(n)]
+        tok = TextTokenizer.train(captions, vocab_size=self.config.vocab_size)
+        if self.is_main_process():
+            tok.save(path)
+        return tok
+
+    def backbone_config(self) -> BackboneConfig:
+        """The backbone: the preset, the config's `model` overrides, and the tokenizer's vocabulary and ids."""
+        cfg = self.config
+        vocab = -(-self.tokenizer.vocab_size // 64) * 64          # round up: friendlier matmul shapes
+        backbone = preset(cfg.preset).replace(**cfg.model)
+        backbone = backbone.replace(vocab_size=max(vocab, backbone.vocab_size if "vocab_size" in cfg.model else 0),
+                                    bos_token_id=self.tokenizer.bos_id, eos_token_id=self.tokenizer.eos_id,
+                                    pad_token_id=self.tokenizer.pad_id)
+        if backbone.max_position_embeddings < cfg.seq_len:
+            raise ValueError(f"seq_len ({cfg.seq_len}) exceeds the model's max_position_embeddings "
+                             f"({backbone.max_position_embeddings})")
+        return backbone
+
+    def model_config(self):
+        """`BackboneConfig` for text-only runs; the unified model's `ModelConfig` (heads sized by the preset, latent
+        channels from the autoencoder) when a task sees pixels."""
+        if not self.trains_media:
+            return self.backbone_config()
+        from ..model import TokenIds, model_preset
+        if self.config.preset not in ("debug", "tiny"):
+            raise ValueError(f"the unified model is built for presets 'debug' and 'tiny', got {self.config.preset!r}")
+        config = model_preset(self.config.preset, TokenIds.from_tokenizer(self.tokenizer))
+        channels = self.autoencoder.config.latent_channels
+        heads = {name: {**getattr(config, name).__dict__, "latent_channels": channels}
+                 for name in ("image_head", "video_head")}
+        return config.replace(backbone=self.backbone_config(), latent_channels=channels, **heads)
+
+    def build_autoencoder(self) -> nn.Module | None:
+        """The frozen autoencoder of the media tasks (None for text-only runs)."""
+        if not self.trains_media:
+            return None
+        from ..tokenizers.autoencoder import CausalAutoencoder
+        ae = CausalAutoencoder.from_pretrained(self.config.autoencoder or None, device=self.device)
+        ae.requires_grad_(False)
+        return ae.eval()
+
+    def build_model(self) -> nn.Module:
+        """A freshly initialised model on `self.device` (seeded: identical in every run with the same seed)."""
+        torch.manual_seed(self.config.seed)
+        if self.trains_media:
+            from ..model import UnifiedModel
+            return UnifiedModel(self.model_config()).to(self.device)
+        return Transformer(self.model_config()).to(self.device)
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        """Hook for parallel wrappers (FSDP2, expert parallel, compile); the plain trainer returns `model`."""
+        return model
+
+    def build_optimizer(self, model: nn.Module):
+        cfg = self.config
+        return build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
+
+    def build_tasks(self) -> dict[str, Any]:
+        """The tasks with a weight > 0, by name."""
+        cfg = self.config
+        tasks: dict[str, Any] = {}
+        for name, weight in cfg.tasks.items():
+            if weight <= 0:
+                continue
+            if name in TEXT_TASKS:
+                tasks[name] = TextTask(tokenizer=self.tokenizer, seq_len=cfg.seq_len, mtp_weight=cfg.mtp_weight)
+            else:
+                from .media_tasks import MediaTask
+                tasks[name] = MediaTask(tokenizer=self.tokenizer, autoencoder=self.autoencoder, name=name,
+                                        seq_len=cfg.seq_len)
+            if tasks[name].data_kind not in self.train_data:
+                raise ValueError(f"task {name} needs {tasks[name].data_kind} items, and {cfg.data} has none")
+        return tasks
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        """Tensors to checkpoint (distributed subclasses gather shards here)."""
+        return self.model.state_dict()
+
+    def load_model_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict(tensors, strict=True)
+
+    def _setup(self) -> None:
+        cfg = self.config
+        ckpt_root = self.out / "checkpoints"
+        self._resume_from = latest_checkpoint(ckpt_root) if self.resume else None
+        if not self.resume and latest_checkpoint(ckpt_root) is not None:
+            raise ValueError(f"{self.out} already holds checkpoints; pass resume=True (--resume) to continue that "
+                             f"run, or choose another output folder")
+        if self._resume_from is not None:
+            self._check_resumable()
+        self.out.mkdir(parents=True, exist_ok=True)
+        seed_everything(cfg.seed)
+        self.train_data, self.val_data = self.build_datasets()
+        self.tokenizer = self.build_tokenizer(self.train_data.get("mixed") or next(iter(self.train_data.values())))
+        self.autoencoder = self.build_autoencoder()
+        self.model = self.wrap_model(self.build_model())
+        self.optimizer = self.build_optimizer(self.model)
+        self.schedule = WarmupCosine(cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
+        self.tasks = self.build_tasks()
+        self.mix = TaskMix({n: cfg.tasks[n] for n in self.tasks}, cfg.seed)
+        self.streams = {name: SampleStream(len(self.train_data[self.tasks[name].data_kind]), seed=cfg.seed * 31 + i)
+                        for i, name in enumerate(sorted(self.tasks))}
+        self.loads = LoadTracker(self.model, self.backbone_config().moe.bias_update_speed)
+        self.metrics = MetricsLog(self.out / "metrics.jsonl")
+        if self.is_main_process():
+            cfg.save(self.out / "train_config.json")
+            (self.out / "model_config.json").write_text(json.dumps(self.model_config().to_dict(), indent=2) + "\n")
+        if self._resume_from is not None:
+            self._load(self._resume_from)
+        elif self.is_main_process():
+            self.metrics.truncate_after(0)            # a fresh run: forget lines of an attempt that never saved
+
+    def _check_resumable(self) -> None:
+        saved_path = self.out / "train_config.json"
+        if not saved_path.is_file():
+            return
+        saved = TrainConfig.load(saved_path).to_dict()
+        mine = self.config.to_dict()
+        changed = sorted(k for k in mine if k not in RESUMABLE_FIELDS and mine[k] != saved.get(k))
+        if changed:
+            diff = ", ".join(f"{k}: {saved.get(k)!r} -> {mine[k]!r}" for k in changed)
+            raise ValueError(f"cannot resume {self.out}: the recipe changed ({diff}); resume with the run's own "
+                             f"config ({saved_path})")
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def save(self) -> Path | None:
+        """Write a training-state checkpoint for the current step (main process only)."""
+        if not self.is_main_process():
+            return None
+        state = {"schedule": self.schedule.state_dict(),
+                 "data": {name: s.state_dict() for name, s in self.streams.items()},
+                 "config": self.config.to_dict(), "train_seconds": self.train_seconds}
+        path = save_checkpoint(self.out / "checkpoints", self.step, self.model_state(), self.optimizer.state_dict(),
+                               state, keep=self.config.keep_checkpoints)
+        self._last_saved = self.step
+        return path
+
+    def _load(self, path: Path) -> None:
+        tensors, optimizer, state = load_checkpoint(path)
+        self.load_model_state({k: v.to(self.device) for k, v in tensors.items()})
+        self.optimizer.load_state_dict(optimizer)
+        self.schedule.load_state_dict(state["schedule"])
+        for name, stream in self.streams.items():
+            stream.load_state_dict(state["data"][name])
+        self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        restore_rng(*rng_of(state, path))
+        if self.is_main_process():
+            dropped = self.metrics.truncate_after(self.step)
+            self.log(f"resumed from {path} at step {self.step}"
+                     + (f" (dropped {dropped} log lines written after it)" if dropped else ""))
+
+    # --------------------------------------------------------------------------------------------- training
+    def _items(self, task_name: str, n: int) -> list[Any]:
+        """The next `n` items of a task's stream: captions only, or full items when the task needs pixels."""
+        task, stream = self.tasks[task_name], self.streams[task_name]
+        data = self.train_data[task.data_kind]
+        if not task.needs_pixels:
+            return [caption_of(data, i) for i in stream.take(n)]
+        from ..io import MediaError
+        items: list[Any] = []
+        while len(items) < n:
+            index = stream.take(1)[0]
+            try:
+                items.append(data[index])
+            except MediaError as exc:                      # passed the scan but fails to decode
+                self.skipped_items += 1
+                self.log(f"warning: skipped an undecodable item ({self.skipped_items} so far): {exc}")
+        return items
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def clip_gradients(self) -> float:
+        """Clip the global gradient L2 norm to `grad_clip` (0: no clipping); returns the norm before clipping."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer update over `grad_accum` micro-batches; returns the step's log record.
+
+        Every micro-batch counts equally, except that the micro-batches of one task share that task's part by
+        their number of loss elements (tokens for text, samples for media): they are collated first, so when all
+        micro-batches are of one task the accumulated gradient is exactly that of one big batch's mean loss."""
+        cfg = self.config
+        self.model.train()
+        lr = self.schedule.apply(self.optimizer)
+        micro_batches = []
+        for micro in range(cfg.grad_accum):
+            name = self.mix.choose(self.step, micro)
+            batch = self.tasks[name].collate(self._items(name, cfg.micro_batch_size), self.device)
+            micro_batches.append((name, batch, float(self.tasks[name].weight(batch))))
+        count = {n: sum(1 for m, _, _ in micro_batches if m == n) for n, _, _ in micro_batches}
+        elements = {n: sum(w for m, _, w in micro_batches if m == n) for n, _, _ in micro_batches}
+        total, tokens, per_task = 0.0, 0.0, {}
+        for name, batch, w in micro_batches:
+            share = count[name] / cfg.grad_accum * w / elements[name]
+            with self._autocast():
+                loss, stats = self.tasks[name].loss(self.model, batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the {name} loss is {float(loss)} at step {self.step}; the last checkpoint "
+                                         f"is intact (lower lr, or check the data)")
+            (loss * share).backward()
+            self.loads.collect()
+            total += float(loss.detach()) * share
+            tokens += stats.get("tokens", 0.0)
+            per_task.setdefault(name, []).append(float(loss.detach()))
+        grad_norm = self.clip_gradients()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        balance = self.loads.apply() if cfg.router_bias_update else self.loads.reset()
+        self.schedule.advance()
+        self.step += 1
+        record = {"step": self.step, "kind": "train", "loss": total, "lr": lr, "grad_norm": grad_norm,
+                  "tokens": tokens}
+        record.update({f"loss/{k}": sum(v) / len(v) for k, v in per_task.items()})
+        if balance is not None:
+            record["expert_load_max_over_mean"] = balance
+        return record
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Run every evaluator on the current weights; training RNG, router biases and mode are left unchanged."""
+        was_training = self.model.training
+        self.model.eval()
+        results: dict[str, float] = {}
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), self._autocast():
+            for evaluator in self.evaluators:
+                results.update({f"eval/{k}": float(v) for k, v in evaluator(self).items()})
+        self.loads.reset()
+        self.model.train(was_training)
+        return results
+
+    def _finish_log(self) -> None:
+        if self.is_main_process():
+            records = read_metrics(self.metrics.path)
+            if any(r.get("kind") == "train" for r in records):
+                plot_metrics(records, self.out / "metrics.png")
+
+    def export(self) -> Path | None:
+        """Write the weights for inference into `out/model/` (Hugging Face layout + the tokenizer)."""
+        if not self.is_main_process():
+            return None
+        target = self.out / "model"
+        if hasattr(self.model, "save_pretrained"):
+            self.model.save_pretrained(target)
+        else:
+            from ..convert.checkpoint import save_pretrained
+            save_pretrained(self.model, target)
+        self.tokenizer.save(target / "tokenizer.json")
+        return target
+
+    def train(self) -> TrainResult:
+        """Train until `max_steps` updates, `max_time` seconds or `stop_requested`; checkpoint, plot and export."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        start, last_eval, last_loss = time.perf_counter(), {}, None
+        bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=not (cfg.progress and self.is_main_process()))
+        stop_reason = "max_steps"
+        try:
+            while self.step < cfg.max_steps:
+                if cfg.max_time and time.perf_counter() - start >= cfg.max_time:
+                    stop_reason = "max_time"
+                    break
+                if self.stop_requested:
+                    stop_reason = "stop_requested"
+                    break
+                t0 = time.perf_counter()
+                record = self.train_step()
+                dt = time.perf_counter() - t0
+                self.train_seconds += dt
+                record.update(steps_per_s=1.0 / dt, tokens_per_s=record["tokens"] / dt,
+                              elapsed_s=self.train_seconds)
+                last_loss = record["loss"]
+                if self.is_main_process() and cfg.log_every and self.step % cfg.log_every == 0:
+                    self.metrics.write(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                tok_s=f"{record['tokens_per_s']:.0f}")
+                if cfg.eval_every and self.step % cfg.eval_every == 0:
+                    last_eval = self._eval_and_log()
+                if cfg.save_every and self.step % cfg.save_every == 0:
+                    self.save()
+                    self._finish_log()
+        finally:
+            bar.close()
+        if self.step != self._last_saved:
+            if not cfg.eval_every or self.step % cfg.eval_every:
+                last_eval = self._eval_and_log()
+            self.save()
+        self._finish_log()
+        if stop_reason == "max_steps":
+            self.export()
+        ckpt = latest_checkpoint(self.out / "checkpoints")
+        return TrainResult(self.step, stop_reason, last_loss, last_eval, ckpt, self.train_seconds)
+
+    def _eval_and_log(self) -> dict[str, float]:
+        results = self.evaluate()
+        if results and self.is_main_process():
+            self.metrics.write({"step": self.step, "kind": "eval", **results})
+            self.log(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())))
+        return results
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def describe(self) -> str:
+        """One line about the run, for the CLI."""
+        tasks = ", ".join(f"{n} {self.config.tasks[n]:g}" for n in self.mix.names)
+        return (f"{type(self.model).__name__} with {self.num_parameters / 1e6:.3f}M parameters, tasks ({tasks}), "
+                f"{self.config.batch_size} samples per update, step {self.step}/{self.config.max_steps}, "
+                f"device {self.device}, {'bf16 autocast' if self.amp_dtype else 'fp32'}")
+
+
+__all__ = ["Trainer", "TrainResult", "Evaluator", "seed_everything", "autocast_dtype"]

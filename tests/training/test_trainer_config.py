@@ -1,0 +1,75 @@
+"""TrainConfig validation, presets, JSON round trip, and the warm-up + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from multimodal.training.config import TRAIN_PRESETS, TrainConfig, train_preset
+from multimodal.training.schedule import WarmupCosine
+
+
+def test_config_round_trip(tmp_path):
+    cfg = TrainConfig(tasks={"text": 2.0}, betas=(0.8, 0.9), model={"hidden_size": 64})
+    cfg.save(tmp_path / "c.json")
+    back = TrainConfig.load(tmp_path / "c.json")
+    assert back == cfg and back.betas == (0.8, 0.9)
+
+
+def test_unknown_keys_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown TrainConfig keys: \['learning_rate', 'warmup'\]"):
+        TrainConfig.from_dict({"learning_rate": 1e-3, "warmup": 3, "lr": 1e-3})
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("lr", 0.0, "lr must be > 0, got 0.0"),
+    ("optimizer", "sgd", "optimizer must be one of"),
+    ("precision", "fp8", "precision must be one of"),
+    ("warmup_steps", 50, r"warmup_steps \(50\) must be <= max_steps \(10\)"),
+    ("tasks", {"text": -1.0}, "task weights must be >= 0"),
+    ("grad_accum", 0, "grad_accum must be > 0, got 0"),
+    ("betas", (0.9, 1.5), "betas must be two numbers"),
+])
+def test_bad_values_are_named(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{"max_steps": 10, "warmup_steps": 1, field: value})
+
+
+def test_presets():
+    for name in TRAIN_PRESETS:
+        cfg = train_preset(name)
+        assert cfg.preset == name.removeprefix("mix-")
+        assert (set(cfg.tasks) == {"text"}) == (not name.startswith("mix-"))
+    with pytest.raises(ValueError, match=r"unknown tasks \['image_to_speech'\]"):
+        TrainConfig(tasks={"image_to_speech": 1.0})
+    with pytest.raises(ValueError, match="unknown training preset 'huge'"):
+        train_preset("huge")
+
+
+def test_schedule_warmup_peak_cosine_floor():
+    s = WarmupCosine(peak_lr=1.0, warmup_steps=4, total_steps=14, min_lr_ratio=0.1)
+    assert [s.lr_at(i) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert s.lr_at(4) == pytest.approx(1.0)
+    assert s.lr_at(9) == pytest.approx(0.1 + 0.9 * 0.5)                  # half way through the cosine
+    assert s.lr_at(14) == pytest.approx(0.1) and s.lr_at(100) == pytest.approx(0.1)
+    lrs = [s.lr_at(i) for i in range(4, 15)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))                    # monotone decay
+
+
+def test_schedule_sets_groups_and_round_trips():
+    p = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([{"params": [p]}, {"params": [], "lr_scale": 0.5}], lr=0.0)
+    s = WarmupCosine(peak_lr=2.0, warmup_steps=0, total_steps=10)
+    s.advance()
+    s.advance()
+    s.apply(opt)
+    expected = 2.0 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.2)))
+    assert opt.param_groups[0]["lr"] == pytest.approx(expected)
+    assert opt.param_groups[1]["lr"] == pytest.approx(expected * 0.5)
+    fresh = WarmupCosine(peak_lr=2.0, warmup_steps=0, total_steps=10)
+    fresh.load_state_dict(s.state_dict())
+    assert fresh.step == 2
+    with pytest.raises(ValueError, match="total_steps differs"):
+        WarmupCosine(peak_lr=2.0, warmup_steps=0, total_steps=20).load_state_dict(s.state_dict())
