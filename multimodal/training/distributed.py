@@ -18,10 +18,11 @@ same world size, so a bad launch fails with a `DistributedError` on every rank i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -195,6 +196,41 @@ def shutdown(ctx: DistributedContext) -> None:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def shutdown_after() -> Iterator[None]:
+    """Leave the process group (if one was joined inside the block) when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def distributed_errors() -> Iterator[None]:
+    """Turn a bad launch or a lost peer into the CLI's one-line error (non-zero exit) that names this rank.
+
+    A rank that dies closes its sockets: the others fail in their next collective with a `DistError` (or, for a
+    rank that is stuck rather than dead, after the process group's timeout)."""
+    from ..cli import UserError
+
+    rank = os.environ.get("RANK", "0")
+    try:
+        yield
+    except DistributedError as exc:
+        raise UserError(str(exc)) from exc
+    except (dist.DistError, RuntimeError) as exc:
+        text = str(exc).strip()
+        lowered = text.lower()
+        if not isinstance(exc, dist.DistError) and not any(
+                w in lowered for w in ("gloo", "nccl", "connection", "timed out", "timeout", "peer")):
+            raise
+        first = text.splitlines()[0] if text else type(exc).__name__
+        raise UserError(f"rank {rank}: lost contact with the other ranks ({type(exc).__name__}: {first}); another "
+                        f"rank probably failed or was killed: see its own error") from exc
+
+
 # --------------------------------------------------------------------------------------------------- parallelize
 def broadcast_from_rank0(model: nn.Module, ctx: DistributedContext) -> None:
     """Copy rank 0's parameters and buffers to every rank (random init, hash tables) before sharding."""
@@ -280,7 +316,7 @@ def clip_grad_norm_(parameters: Iterable[nn.Parameter], max_norm: float, ctx: Di
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    total = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    total = torch.zeros((), dtype=torch.float64, device=grads[0].device)
     for g in grads:
         if isinstance(g, DTensor):
             total += g.to_local().double().pow(2).sum() / _replicas(g)

@@ -5,12 +5,12 @@ A checkpoint folder written by `save_checkpoint`:
     step_000100/
       .metadata, __0_0.distcp, __1_0.distcp, ...   DCP: every rank writes its own shards of model + optimizer state
       config.json                                  the BackboneConfig (our field names)
-      trainer_state.json                           step, sampler position and anything else JSON the trainer adds
+      state.json                                   step, data position and anything else JSON the trainer adds
 
 DCP records the global shape and the offsets of every shard, so a checkpoint saved on N ranks loads on M ranks with
 any FSDP / expert-parallel layout, or in a single process without a process group (`load_checkpoint` reshards on
-read). The folder is first written as `<name>.incomplete` and renamed when every rank has finished, so a crash
-mid-save never leaves a folder that looks complete.
+read). The folder is first written as `.tmp-<name>` next to it and renamed when every rank has finished, so a crash
+mid-save never leaves a folder that looks complete (the trainer's `list_checkpoints` ignores `.tmp-*`).
 
 `export_consolidated` (collective, from a live sharded model) and `consolidate_checkpoint` (offline, one process)
 write `config.json` + `model.safetensors` in the layout `convert.checkpoint.load_pretrained` and the pipelines read.
@@ -45,7 +45,8 @@ from ..convert.names import disk_to_ours, expert_key
 from .distributed import DistributedContext
 from .expert_parallel import ExpertParallelExperts, apply_expert_parallel
 
-TRAINER_STATE = "trainer_state.json"
+TRAINER_STATE = "state.json"
+TMP_PREFIX = ".tmp-"
 
 
 def _barrier(ctx: DistributedContext) -> None:
@@ -63,7 +64,7 @@ def save_checkpoint(path: str | Path, model: Transformer, optimizer: torch.optim
                     ctx: DistributedContext, trainer_state: dict[str, Any] | None = None) -> Path:
     """Save model (+ optimizer) state sharded as it lives on the ranks. Collective: call on every rank."""
     path = Path(path)
-    partial = path.with_name(path.name + ".incomplete")
+    partial = path.with_name(TMP_PREFIX + path.name)
     if ctx.is_main:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
@@ -92,7 +93,7 @@ def load_checkpoint(path: str | Path, model: Transformer, optimizer: torch.optim
     whatever layout it was saved with. Returns the trainer state (JSON). Collective: call on every rank."""
     path = Path(path)
     if not (path / ".metadata").exists():
-        hint = " (the save did not finish)" if path.with_name(path.name + ".incomplete").exists() else ""
+        hint = " (the save did not finish)" if path.with_name(TMP_PREFIX + path.name).exists() else ""
         raise CheckpointError(f"{path}: not a distributed checkpoint, no .metadata{hint}")
     saved = BackboneConfig.load(path / "config.json")
     if saved != model.config:

@@ -89,6 +89,6 @@ def test_expert_parallel_inference_matches_one_device(runs):
 
 
 def test_incomplete_checkpoint_is_refused(runs, tmp_path):
-    (tmp_path / "step_9.incomplete").mkdir()
+    (tmp_path / ".tmp-step_9").mkdir()
     with pytest.raises(CheckpointError, match="did not finish"):
         load_checkpoint(tmp_path / "step_9", make_model(), None, init_distributed(env={}))
