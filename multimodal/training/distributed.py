@@ -94,6 +94,8 @@ class DistributedContext:
         """'dp' (all ranks, flattened), 'ep' or 'dp_mod_ep'."""
         if self.mesh is None:
             raise DistributedError(f"no device mesh: this process runs alone, there is no {name!r} dimension")
+        if name == "dp":                      # the flattened dimension, kept by the mesh it was flattened from
+            return self.mesh["dp_mod_ep", "ep"]._flatten("dp")
         return self.mesh[name]
 
 
@@ -157,12 +159,10 @@ def _check_world_size(store: dist.Store, rank: int, world_size: int, timeout: ti
 
 
 def build_mesh(world_size: int, ep: int, device_type: str) -> DeviceMesh:
-    """The [dp_mod_ep, ep] mesh plus its flattened 'dp' dimension (all ranks)."""
+    """The [dp_mod_ep, ep] mesh (its flattened 'dp' dimension comes from `DistributedContext.submesh('dp')`)."""
     if world_size % ep:
         raise DistributedError(f"expert-parallel degree ep={ep} must divide the world size {world_size}")
-    mesh = init_device_mesh(device_type, (world_size // ep, ep), mesh_dim_names=("dp_mod_ep", "ep"))
-    mesh["dp_mod_ep", "ep"]._flatten("dp")
-    return mesh
+    return init_device_mesh(device_type, (world_size // ep, ep), mesh_dim_names=("dp_mod_ep", "ep"))
 
 
 def init_distributed(cfg: ParallelConfig | None = None, env: Mapping[str, str] | None = None) -> DistributedContext:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distributed_cases import (GLOBAL_BATCH, NUM_SAMPLES, checkpoint_worker, full_state, make_model, make_optimizer,
+from .distributed_cases import (GLOBAL_BATCH, NUM_SAMPLES, checkpoint_worker, full_state, make_model, make_optimizer,
                                probe_ids, reference, run_steps, spawn_ranks)
 from multimodal.convert.checkpoint import CheckpointError, load_pretrained
 from multimodal.training.data_sharding import ShardedSampler

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distributed_cases import reference, spawn_ranks, train_worker
+from .distributed_cases import reference, spawn_ranks, train_worker
 
 STEPS = 3
 SCENARIOS = [{"name": "fsdp", "ep": 1}, {"name": "fsdp_ep", "ep": 2}, {"name": "fsdp_ep_ac", "ep": 2, "ac": True}]
