@@ -97,3 +97,17 @@ def test_a_rank_that_dies_stops_the_others(tmp_path):
     assert code0 != 0
     assert "rank 0: lost contact with the other ranks" in err0, err0[-2000:]
     print(f"rank 0 exited {time.monotonic() - killed_at:.1f}s after rank 1 was killed")
+
+
+def test_parallel_degrees_that_cannot_work_are_refused_before_any_network():
+    from multimodal.training.distributed import DistributedError, ParallelConfig, init_distributed
+
+    env = {"RANK": "0", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    with pytest.raises(DistributedError, match="ep=3 must divide the world size 4"):
+        init_distributed(ParallelConfig(ep=3), env=env)
+    with pytest.raises(DistributedError, match="outside"):
+        init_distributed(ParallelConfig(), env={**env, "RANK": "4"})
+    with pytest.raises(DistributedError, match="needs 2 processes"):
+        init_distributed(ParallelConfig(ep=2), env={})
+    with pytest.raises(ValueError, match="ep"):
+        ParallelConfig(ep=0)
