@@ -21,18 +21,20 @@ REPO = Path(__file__).resolve().parents[2]
 RECIPE = {"preset": "debug", "vocab_size": 300, "seq_len": 16, "micro_batch_size": 2, "grad_accum": 1,
           "train_samples": 64, "max_steps": 500, "warmup_steps": 1, "lr": 3e-3, "eval_every": 0, "eval_batches": 1,
           "save_every": 0, "log_every": 1, "progress": False, "seed": 0}
-DIST_TIMEOUT = 8           # seconds, passed as --dist-timeout
+DIST_TIMEOUT = 8           # seconds, --dist-timeout of the training ranks (collectives under a loaded CPU)
+SHORT = 4                  # seconds, --dist-timeout of the launches that fail before any training
 WAIT = 90                  # seconds a test waits for all processes to exit before calling it a hang
 
 
-def start_rank(tmp: Path, rank: int, world: int, port: int, out: str = "run") -> subprocess.Popen:
+def start_rank(tmp: Path, rank: int, world: int, port: int, timeout: float = DIST_TIMEOUT) -> subprocess.Popen:
+    tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "recipe.json"
     config.write_text(json.dumps(RECIPE))
     env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "multimodal", "train", "--config", str(config), "--out", str(tmp / out),
-           "--threads", "1", "--dist-timeout", str(DIST_TIMEOUT)]
+    cmd = [sys.executable, "-m", "multimodal", "train", "--config", str(config), "--out", str(tmp / "run"),
+           "--threads", "1", "--dist-timeout", str(timeout)]
     return subprocess.Popen(cmd, env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -51,30 +53,44 @@ def finish(procs: list[subprocess.Popen]) -> list[tuple[int, str]]:
     return results
 
 
-def test_mismatched_world_sizes(tmp_path):
+@pytest.fixture(scope="module")
+def launch_failures(tmp_path_factory):
+    """The three bad launches, started at once (they spend most of their time waiting): mismatched world sizes
+    (ranks 0 and 1 told WORLD_SIZE 2 and 3), a missing rank (rank 0 of 2 alone), an unreachable rendezvous (rank 1
+    of 2 pointed at a port where nothing listens). Returns {case: [(exit code, stderr, seconds)]}."""
+    tmp = tmp_path_factory.mktemp("launch_failures")
     port = free_port()
     t0 = time.monotonic()
-    results = finish([start_rank(tmp_path, 0, 2, port), start_rank(tmp_path, 1, 3, port)])
-    for code, err in results:
+    cases = {"mismatch": [start_rank(tmp / "mismatch", 0, 2, port), start_rank(tmp / "mismatch", 1, 3, port)],
+             "missing": [start_rank(tmp / "missing", 0, 2, free_port(), timeout=SHORT)],
+             "unreachable": [start_rank(tmp / "unreachable", 1, 2, free_port(), timeout=SHORT)]}
+    out = {}
+    for name, procs in cases.items():
+        out[name] = [(code, err, time.monotonic() - t0) for code, err in finish(procs)]
+    return out
+
+
+def test_mismatched_world_sizes(launch_failures):
+    for code, err, seconds in launch_failures["mismatch"]:
         assert code != 0
         assert "mismatched world sizes" in err and "WORLD_SIZE=2" in err and "WORLD_SIZE=3" in err, err[-2000:]
-    assert time.monotonic() - t0 < WAIT
+        assert seconds < WAIT
 
 
-def test_missing_rank_is_reported_after_the_timeout(tmp_path):
+def test_missing_rank_is_reported_after_the_timeout(launch_failures):
     """Rank 0 of 2 started alone (a node that never came up): it names the missing rank."""
-    t0 = time.monotonic()
-    [(code, err)] = finish([start_rank(tmp_path, 0, 2, free_port())])
+    [(code, err, seconds)] = launch_failures["missing"]
     assert code != 0
     assert "rank 1 did not join" in err, err[-2000:]
-    assert DIST_TIMEOUT <= time.monotonic() - t0 < WAIT
+    assert SHORT <= seconds < WAIT
 
 
-def test_unreachable_rendezvous(tmp_path):
+def test_unreachable_rendezvous(launch_failures):
     """Rank 1 pointed at a port where no rendezvous listens."""
-    [(code, err)] = finish([start_rank(tmp_path, 1, 2, free_port())])
+    [(code, err, seconds)] = launch_failures["unreachable"]
     assert code != 0
     assert "cannot reach the rendezvous" in err, err[-2000:]
+    assert seconds < WAIT
 
 
 def test_a_rank_that_dies_stops_the_others(tmp_path):
