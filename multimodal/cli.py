@@ -15,6 +15,8 @@ COMMAND_MODULES = (
     "multimodal.commands.info",
     "multimodal.commands.train",
     "multimodal.commands.train_autoencoder",
+    "multimodal.commands.world",
+    "multimodal.commands.eval",
 )
 
 

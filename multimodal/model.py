@@ -40,9 +40,10 @@ from .backbone.cache import BackboneCache
 from .backbone.generate import positions_from_mask
 from .backbone.transformer import Transformer, TransformerOutput
 from .config import BackboneConfig, preset
-from .decoders.flow import FlowHeadConfig, flow_matching_loss, grid_position_features, patchify
+from .decoders.flow import FlowHeadConfig, flow_matching_loss, grid_position_features
 from .decoders.image import ImageHead
 from .decoders.text import GenerationConfig, TextGenerationResult, generate_text
+from .tokenizers.patchify import patchify
 from .decoders.video import VideoHead
 
 TEXT, IMAGE, VIDEO, QUERY = 0, 1, 2, 3
@@ -231,7 +232,7 @@ class UnifiedModel(nn.Module):
         """Normalised latents [B, C, T', h, w] -> visual tokens [B, T'*(h/p)*(w/p), dim], row-major (t, row, col)."""
         p = self.config.patch_size
         _, _, t, h, w = latents.shape
-        x = self.visual_in(patchify(latents.to(self.dtype), p))                          # [B, N, dim]
+        x = self.visual_in(patchify(latents.to(self.dtype), p)[0])                       # [B, N, dim]
         pos = grid_position_features(t, h // p, w // p, self.config.position_frequencies, latents.device)
         x = x + self.visual_pos(pos.to(self.dtype))
         return x + self.modality_embed.weight[IMAGE if kind == "image" else VIDEO]

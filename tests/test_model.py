@@ -9,6 +9,8 @@ from multimodal.decoders.flow import flow_matching_loss
 from multimodal.decoders.text import GenerationConfig
 from multimodal.model import IMAGE, QUERY, TEXT, VIDEO, ModelConfig, Segment, UnifiedModel, model_preset
 
+torch.set_num_threads(1)   # many tiny forwards: one intra-op thread is faster on a shared CPU
+
 
 @pytest.fixture(scope="module")
 def model() -> UnifiedModel:

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..tokenizers.patchify import patchify, unpatchify
+
 NUM_TRAIN_TIMESTEPS = 1000   # diffusers' FlowMatchEulerDiscreteScheduler default: timestep = 1000 * sigma
 
 
@@ -85,22 +87,6 @@ def grid_position_features(frames: int, rows: int, cols: int, n_freq: int, devic
         args = axis.reshape(-1, 1).float() * freqs                                     # [N, F]
         parts += [torch.sin(args), torch.cos(args)]
     return torch.cat(parts, dim=-1)                                                     # [N, 6F]
-
-
-def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
-    """x [B, C, T, h, w] -> tokens [B, T*(h/p)*(w/p), C*p*p], row-major over (t, row, col)."""
-    b, c, t, h, w = x.shape
-    if h % p or w % p:
-        raise ValueError(f"latent grid {h}x{w} is not divisible by the patch size {p}")
-    x = x.reshape(b, c, t, h // p, p, w // p, p)                                      # [B, C, T, h', p, w', p]
-    return x.permute(0, 2, 3, 5, 1, 4, 6).reshape(b, t * (h // p) * (w // p), c * p * p)
-
-
-def unpatchify(tokens: torch.Tensor, c: int, t: int, h: int, w: int, p: int) -> torch.Tensor:
-    """Inverse of `patchify`: tokens [B, T*(h/p)*(w/p), C*p*p] -> [B, C, T, h, w]."""
-    b = tokens.shape[0]
-    x = tokens.reshape(b, t, h // p, w // p, c, p, p)                                 # [B, T, h', w', C, p, p]
-    return x.permute(0, 4, 1, 2, 5, 3, 6).reshape(b, c, t, h, w)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -202,7 +188,7 @@ class FlowTransformer(nn.Module):
         if timestep.ndim == 0:
             timestep = timestep.expand(b)
         dtype = self.patch_in.weight.dtype
-        x = self.patch_in(patchify(latents.to(dtype), p))                               # [B, N, W]
+        x = self.patch_in(patchify(latents.to(dtype), p)[0])                            # [B, N, W]
         pos = grid_position_features(t, h // p, w // p, cfg.position_frequencies, latents.device)
         x = x + self.pos_proj(pos.to(dtype)).unsqueeze(0)
         cond_tokens = self.cond_proj(self.cond_norm(cond.to(dtype)))                    # [B, M, W]
@@ -216,7 +202,7 @@ class FlowTransformer(nn.Module):
             x = block(x, emb, cond_tokens, cond_mask)
         shift, scale = self.ada_out(F.silu(emb)).chunk(2, dim=-1)
         x = self.patch_out(modulate(self.norm_out(x), shift, scale))                    # [B, N, C*p*p]
-        return unpatchify(x, c, t, h, w, p)
+        return unpatchify(x, (t, h // p, w // p), p)                                    # [B, C, T, h, w]
 
 
 def sample_sigmas(n: int, generator: torch.Generator | None, device: torch.device,

@@ -36,6 +36,7 @@ class GenerationConfig:
     stop_token_ids: tuple[int, ...] = ()
     stop_strings: tuple[str, ...] = ()
     eos_token_id: int | None = None
+    vocab_limit: int | None = None       # ids >= this are never chosen (a backbone vocabulary padded past the tokenizer's)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0:
@@ -94,6 +95,8 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 def process_logits(logits: torch.Tensor, seen: torch.Tensor, cfg: GenerationConfig) -> torch.Tensor:
     """Raw logits [B, V] -> the scores tokens are chosen from (fp32)."""
     scores = apply_repetition_penalty(logits.float(), seen, cfg.repetition_penalty)
+    if cfg.vocab_limit is not None and cfg.vocab_limit < scores.shape[-1]:
+        scores[:, cfg.vocab_limit:] = float("-inf")
     if not cfg.do_sample:
         return scores
     scores = scores / cfg.temperature

@@ -71,6 +71,9 @@ class TrainConfig:
     log_every: int = 1
     eval_every: int = 100                      # 0 disables periodic evaluation
     eval_batches: int = 4
+    score_samples: int = 0                     # media runs: validation samples per task scored at each evaluation
+    score_steps: int = 8                       # denoising steps of the scored generations
+    score_guidance: float = 3.0                # classifier-free guidance of the scored generations
     save_every: int = 100                      # 0 = only at the end of the run
     keep_checkpoints: int = 2
     max_time: float = 0.0                      # seconds of training before a clean stop (0 = no limit)
@@ -84,7 +87,7 @@ class TrainConfig:
         for name in ("vocab_size", "seq_len", "micro_batch_size", "grad_accum", "train_samples", "max_steps",
                      "eval_batches", "keep_checkpoints"):
             _check(int(getattr(self, name)) > 0, f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("warmup_steps", "log_every", "eval_every", "save_every"):
+        for name in ("warmup_steps", "log_every", "eval_every", "save_every", "score_samples"):
             _check(int(getattr(self, name)) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _check(self.seq_len >= 4, f"seq_len must be >= 4, got {self.seq_len}")
         _check(self.vocab_size >= 265, f"vocab_size must be >= 265 (256 bytes + 9 specials), got {self.vocab_size}")
@@ -100,6 +103,8 @@ class TrainConfig:
         _check(self.eps > 0, f"eps must be > 0, got {self.eps}")
         _check(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}")
         _check(self.mtp_weight >= 0, f"mtp_weight must be >= 0, got {self.mtp_weight}")
+        _check(self.score_steps > 0, f"score_steps must be > 0, got {self.score_steps}")
+        _check(self.score_guidance >= 0, f"score_guidance must be >= 0, got {self.score_guidance}")
         _check(self.max_time >= 0, f"max_time must be >= 0 seconds, got {self.max_time}")
         _check(bool(self.tasks), "tasks must name at least one task")
         unknown = sorted(set(self.tasks) - set(TASK_NAMES))

@@ -17,8 +17,9 @@ Output folder `out`:
 
 Exact resume: a checkpoint holds the weights and buffers, the optimizer state, the schedule step, each task's
 data position and every RNG; the task of each micro-batch is a pure function of (seed, step, micro); evaluation
-runs on its own data and RNG. A run killed at any instant and resumed therefore logs the same losses, bit for bit
-on the same device, as one never interrupted (tested with SIGKILL on a real subprocess).
+runs on its own data and RNG. A run killed at any instant and resumed therefore logs the same losses as one never
+interrupted: bit for bit on a CPU with the same thread count (tested with SIGKILL on a real subprocess); on CUDA up
+to the non-deterministic kernels (atomic adds in scatter/index_add) unless `torch.use_deterministic_algorithms(True)`.
 
 Construction is split into small methods — `build_tokenizer`, `build_datasets`, `build_model`, `wrap_model`,
 `build_optimizer`, `model_state`, `load_model_state`, `is_main_process` — so distributed training (FSDP2, expert
@@ -56,7 +57,7 @@ Evaluator = Callable[["Trainer"], dict[str, float]]
 
 # fields a resumed run may change; every other field is part of the recipe and must match the checkpoint's
 RESUMABLE_FIELDS = ("max_time", "device", "progress", "log_every", "eval_every", "eval_batches", "save_every",
-                    "keep_checkpoints")
+                    "keep_checkpoints", "score_samples", "score_steps", "score_guidance")
 TOKENIZER_CORPUS = 5000          # captions the BPE is trained on
 
 
@@ -99,6 +100,8 @@ class Trainer:
                  evaluators: list[Evaluator] | None = None, log: Callable[[str], None] = print) -> None:
         self.config, self.out, self.resume = config, Path(out), resume
         self.device = torch.device(config.device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {config.device!r} requested, but CUDA is not available on this machine")
         self.evaluators: list[Evaluator] = [validation_loss] + list(evaluators or [])
         self.log = log
         self.step = 0
@@ -254,6 +257,9 @@ class Trainer:
         self.schedule = WarmupCosine(cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
         self.tasks = self.build_tasks()
         self.mix = TaskMix({n: cfg.tasks[n] for n in self.tasks}, cfg.seed)
+        if cfg.score_samples and self.trains_media:
+            from .scoring import caption_scores, generation_accuracy
+            self.evaluators[1:1] = [generation_accuracy, caption_scores]
         self.streams = {name: SampleStream(len(self.train_data[self.tasks[name].data_kind]), seed=cfg.seed * 31 + i)
                         for i, name in enumerate(sorted(self.tasks))}
         self.loads = LoadTracker(self.model, self.backbone_config().moe.bias_update_speed)
@@ -315,13 +321,18 @@ class Trainer:
             return [caption_of(data, i) for i in stream.take(n)]
         from ..io import MediaError
         items: list[Any] = []
+        failures = 0
         while len(items) < n:
             index = stream.take(1)[0]
             try:
                 items.append(data[index])
+                failures = 0
             except MediaError as exc:                      # passed the scan but fails to decode
                 self.skipped_items += 1
+                failures += 1
                 self.log(f"warning: skipped an undecodable item ({self.skipped_items} so far): {exc}")
+                if failures >= len(data):
+                    raise ValueError(f"no item of the {task.data_kind} training data decodes ({exc})") from exc
         return items
 
     def _autocast(self):
@@ -398,15 +409,17 @@ class Trainer:
                 plot_metrics(records, self.out / "metrics.png")
 
     def export(self) -> Path | None:
-        """Write the weights for inference into `out/model/` (Hugging Face layout + the tokenizer)."""
+        """Write the final weights for inference: a language-model run writes `out/model/` (Hugging Face layout +
+        tokenizer.json, `convert.checkpoint.load_pretrained` reads it); a unified-model run writes `out/pipeline/`,
+        a saved pipeline (model, autoencoder, tokenizer, flow scheduler) that every `multimodal.pipelines` class loads."""
         if not self.is_main_process():
             return None
+        if self.trains_media:
+            from .scoring import generation_pipeline
+            return generation_pipeline(self, "image").save_pretrained(self.out / "pipeline")
+        from ..convert.checkpoint import save_pretrained
         target = self.out / "model"
-        if hasattr(self.model, "save_pretrained"):
-            self.model.save_pretrained(target)
-        else:
-            from ..convert.checkpoint import save_pretrained
-            save_pretrained(self.model, target)
+        save_pretrained(self.model, target)
         self.tokenizer.save(target / "tokenizer.json")
         return target
 

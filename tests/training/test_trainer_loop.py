@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import shutil
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -146,3 +147,18 @@ def test_muon_run_learns(tmp_path, tiny_config):
     Trainer(cfg, tmp_path / "m", log=lambda s: None).train()
     losses = _losses(tmp_path / "m")
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.3
+
+
+def test_stop_request_ends_cleanly_with_a_checkpoint(tmp_path, tiny_config):
+    def stop_at_two(trainer):                  # what the CLI's SIGTERM / Ctrl-C handler does, from an evaluator
+        if trainer.step == 2:
+            trainer.stop_requested = True
+        return {}
+
+    cfg = tiny_config.replace(max_steps=10, eval_every=1)
+    result = Trainer(cfg, tmp_path / "r", evaluators=[stop_at_two], log=lambda s: None).train()
+    assert result.stop_reason == "stop_requested" and result.step == 2
+    assert latest_checkpoint(tmp_path / "r" / "checkpoints").name == "step_00000002"
+    assert not (tmp_path / "r" / "model").exists()                       # only a finished run exports
+    with pytest.raises(ValueError, match="CUDA is not available") if not torch.cuda.is_available() else nullcontext():
+        Trainer(cfg.replace(device="cuda"), tmp_path / "gpu", log=lambda s: None)

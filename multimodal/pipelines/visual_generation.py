@@ -1,0 +1,163 @@
+"""The generation loop shared by text-to-image and text-to-video.
+
+1. tokenize the prompts (and the negative / empty prompts when guidance is on);
+2. one backbone forward over `<bos> prompt <begin> <gen> x Nq` for all of them -> conditions [2B, Nq, dim];
+3. draw the initial noise per sample with its generator (diffusers' `randn_tensor`);
+4. for each scheduler timestep run only the small flow head on [uncond; cond], mix with the guidance scale
+   v = v_u + g (v_c - v_u), and let the scheduler step (any diffusers flow scheduler: Euler, Heun, DPM-Solver with
+   `prediction_type="flow_prediction"`, ...);
+5. decode the latents with the autoencoder and post-process to `output_type`.
+
+The backbone runs once per sample, whatever the number of steps.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.utils.torch_utils import randn_tensor
+
+from .base import MultimodalPipeline
+from .output import check_output_type
+
+
+def set_scheduler_timesteps(scheduler, num_inference_steps: int, device: torch.device, image_seq_len: int) -> torch.Tensor:
+    """`scheduler.set_timesteps`, passing `mu` (Flux's resolution-dependent shift) when the scheduler uses dynamic
+    shifting -> timesteps [num_inference_steps (x order)]."""
+    kwargs: dict[str, Any] = {}
+    if scheduler.config.get("use_dynamic_shifting", False):
+        base_len, max_len = scheduler.config.get("base_image_seq_len", 256), scheduler.config.get("max_image_seq_len", 4096)
+        base_shift, max_shift = scheduler.config.get("base_shift", 0.5), scheduler.config.get("max_shift", 1.15)
+        slope = (max_shift - base_shift) / (max_len - base_len)
+        kwargs["mu"] = image_seq_len * slope + base_shift - slope * base_len
+    if "device" in inspect.signature(scheduler.set_timesteps).parameters:
+        kwargs["device"] = device
+    scheduler.set_timesteps(num_inference_steps, **kwargs)
+    return scheduler.timesteps
+
+
+def as_prompt_list(prompt: str | list[str], name: str = "prompt") -> list[str]:
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"{name} must be a non-empty string or a list of strings")
+    if any(not p.strip() for p in prompts):
+        raise ValueError(f"{name} must not be empty")
+    return prompts
+
+
+class VisualGenerationPipeline(MultimodalPipeline):
+    """Base of `TextToImagePipeline` and `TextToVideoPipeline`; `kind` is "image" or "video"."""
+
+    kind = "image"
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1.0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    def encode_prompt(self, prompts: list[str], negative: list[str] | None, num_per_prompt: int,
+                      do_cfg: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Prompts -> (conditions [B*n, Nq, dim], negative conditions or None), in one backbone forward."""
+        ids = [self.tokenizer.encode(p) for p in prompts for _ in range(num_per_prompt)]
+        if do_cfg:
+            neg = [self.tokenizer.encode(p) for p in (negative or [""] * len(prompts)) for _ in range(num_per_prompt)]
+            states = self.model.encode_prompts(ids + neg, self.kind)                   # [2B, Nq, dim]
+            return states[:len(ids)], states[len(ids):]
+        return self.model.encode_prompts(ids, self.kind), None
+
+    def prepare_latents(self, shape: tuple[int, ...], generator, latents: torch.Tensor | None) -> torch.Tensor:
+        if latents is not None:
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
+            return latents.to(self.device, self.dtype)
+        if isinstance(generator, list) and len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for {shape[0]} samples (prompts x num_per_prompt)")
+        return randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
+
+    def generate_latents(self, prompt: str | list[str], negative_prompt: str | list[str] | None, shape_fn,
+                         num_per_prompt: int, num_inference_steps: int, guidance_scale: float, generator,
+                         latents: torch.Tensor | None, callback_on_step_end: Callable | PipelineCallback | None,
+                         callback_on_step_end_tensor_inputs: list[str]) -> torch.Tensor:
+        """Steps 1-4 of the module docstring -> normalised latents [B*n, C, T', h, w]."""
+        if self.scheduler is None:
+            raise ValueError("this pipeline has no scheduler; pass one (e.g. FlowMatchEulerDiscreteScheduler())")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if bad:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {bad} not in {self._callback_tensor_inputs}")
+        prompts = as_prompt_list(prompt)
+        negative = None
+        if negative_prompt is not None:
+            negative = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+            if len(negative) != len(prompts):
+                raise ValueError(f"got {len(negative)} negative prompts for {len(prompts)} prompts")
+        self._guidance_scale, self._interrupt = guidance_scale, False
+        head = self.model.head(self.kind)
+
+        # 1-2. the backbone, once
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(prompts, negative, num_per_prompt,
+                                                                   self.do_classifier_free_guidance)
+        # 3. noise
+        shape = shape_fn(len(prompts) * num_per_prompt)
+        latents = self.prepare_latents(shape, generator, latents)
+        n_tokens = shape[2] * shape[3] * shape[4] // head.config.patch_size ** 2
+        timesteps = set_scheduler_timesteps(self.scheduler, num_inference_steps, self.device, n_tokens)
+        self._num_timesteps = len(timesteps)
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(0)
+
+        # 4. only the head, per step
+        with self.progress_bar(total=len(timesteps)) as progress:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
+                x = latents
+                if hasattr(self.scheduler, "scale_model_input"):
+                    x = self.scheduler.scale_model_input(x, t)
+                tt = t.to(self.device, torch.float32).expand(x.shape[0])
+                if self.do_classifier_free_guidance:
+                    v_u, v_c = head(torch.cat([x, x]), torch.cat([tt, tt]),
+                                    torch.cat([negative_prompt_embeds, prompt_embeds])).chunk(2)
+                    v = v_u + self.guidance_scale * (v_c - v_u)
+                else:
+                    v = head(x, tt, prompt_embeds)
+                latents = self.scheduler.step(v, t, latents, return_dict=False)[0].to(self.dtype)
+                if callback_on_step_end is not None:
+                    local = {"latents": latents, "prompt_embeds": prompt_embeds,
+                             "negative_prompt_embeds": negative_prompt_embeds}
+                    out = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
+                    latents = out.pop("latents", latents)
+                    prompt_embeds = out.pop("prompt_embeds", prompt_embeds)
+                    negative_prompt_embeds = out.pop("negative_prompt_embeds", negative_prompt_embeds)
+                progress.update()
+        return latents
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents [B, C, T', h, w] -> pixels [B, 3, 1 + 4(T' - 1), 8h, 8w] in [-1, 1]."""
+        if self.vae is None:
+            raise ValueError("this pipeline has no vae; use output_type='latent' or pass a CausalAutoencoder")
+        z = self.vae.denormalize_latents(latents.to(self.vae.latent_mean.device, self.vae.latent_mean.dtype))
+        vae_dtype = next(self.vae.parameters()).dtype
+        return self.vae.decode(z.to(vae_dtype))
+
+    @staticmethod
+    def validate_output_type(output_type: str) -> None:
+        check_output_type(output_type)
