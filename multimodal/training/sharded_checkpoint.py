@@ -39,8 +39,8 @@ from torch.distributed.tensor import DTensor
 
 from ..backbone.transformer import Transformer
 from ..config import BackboneConfig
-from ..convert.checkpoint import CheckpointError, _cast, _shard_files, is_block_scale, save_pretrained
-from ..convert.fp8 import FP8_DTYPES, dequantize_blockwise
+from ..convert.checkpoint import CheckpointError, _cast, _shard_files, save_pretrained
+from ..convert.fp8 import dequantize_blockwise
 from ..convert.names import disk_to_ours, expert_key
 from .distributed import DistributedContext
 from .expert_parallel import ExpertParallelExperts, apply_expert_parallel
@@ -165,37 +165,56 @@ def consolidate_checkpoint(checkpoint: str | Path, out_dir: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------- sharded inference loading
-def _read_local(path: Path, owned: dict[str, range], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _read_local(path: Path, owned: dict[str, range], dtype: torch.dtype, names: Any = None) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint folder under our names; expert tensors only for the experts this rank owns,
-    stacked per layer. `owned` maps 'layers.{i}.ffn.experts' -> the global expert ids of this rank."""
-    raw: dict[str, torch.Tensor] = {}
-    experts: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
+    stacked per layer. `owned` maps 'layers.{i}.ffn.experts' -> the global expert ids of this rank. `names`: an object
+    with `disk_to_ours(key)` and `ignored(key)` for another naming scheme (None: the V4 layout of `convert.names`).
+    FP8 weights are dequantised with their block scales; only tensors that are such scales are skipped."""
+    to_ours = names.disk_to_ours if names is not None else disk_to_ours
+    where: dict[str, Path] = {}
+    kinds: dict[str, str] = {}
     for f in _shard_files(path):
         with safe_open(str(f), framework="pt") as handle:
-            keys = set(handle.keys())
-            for key in keys:
-                if is_block_scale(key, keys):
-                    continue
-                name = disk_to_ours(key)
-                ek = expert_key(name)
-                if ek is not None and ek[0] in owned and ek[1] not in owned[ek[0]]:
-                    continue                                           # another rank's expert: never read
-                prefix, _, w = name.rpartition(".")
-                if ek is None and prefix in owned and w in ("w1", "w2", "w3"):
-                    ids = owned[prefix]                                # stacked [E, ...] on disk: read our rows
-                    raw[name] = handle.get_slice(key)[ids.start:ids.stop]
-                    continue
-                t = handle.get_tensor(key)
-                if t.dtype in FP8_DTYPES:
-                    base = key.removesuffix(".weight")
-                    scale_key = next((k for k in (key + "_scale_inv", base + ".scale") if k in keys), None)
-                    if scale_key is None:
-                        raise CheckpointError(f"{path}: FP8 tensor {key!r} has no block scale")
-                    t = dequantize_blockwise(t, handle.get_tensor(scale_key), dtype=dtype)
-                if ek is not None:
-                    experts.setdefault((ek[0], ek[2]), {})[ek[1]] = t
-                else:
-                    raw[name] = t
+            for key in handle.keys():
+                where[key] = f
+                kinds[key] = handle.get_slice(key).get_dtype()
+    scales: dict[str, str] = {}                                  # FP8 weight key -> its block-scale key
+    for key, kind in kinds.items():
+        if kind.startswith("F8"):
+            candidates = (key + "_scale_inv", key.removesuffix(".weight") + ".scale")
+            found = [c for c in candidates if c in where]
+            if not found:
+                raise CheckpointError(f"{path}: FP8 tensor {key!r} has no block scale ({' or '.join(candidates)})")
+            scales[key] = found[0]
+    companions = set(scales.values())
+
+    def read(key: str, rows: range | None = None) -> torch.Tensor:
+        with safe_open(str(where[key]), framework="pt") as handle:
+            t = handle.get_slice(key)[rows.start:rows.stop] if rows is not None else handle.get_tensor(key)
+        if key in scales:
+            scale = read(scales[key])
+            if rows is not None:                                 # stacked [E, ...] FP8 experts: their scale rows
+                scale = scale[rows.start:rows.stop]
+            t = dequantize_blockwise(t, scale, dtype=dtype)
+        return t
+
+    raw: dict[str, torch.Tensor] = {}
+    experts: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
+    for key in where:
+        if key in companions or (names is not None and names.ignored(key)):
+            continue
+        name = to_ours(key)
+        ek = expert_key(name)
+        if ek is not None:
+            if ek[0] in owned and ek[1] not in owned[ek[0]]:
+                continue                                         # another rank's expert: never read
+            experts.setdefault((ek[0], ek[2]), {})[ek[1]] = read(key)
+            continue
+        prefix, _, w = name.rpartition(".")
+        if prefix in owned and w in ("w1", "w2", "w3"):          # stacked [E, ...] on disk: read our rows only
+            raw[name] = read(key, owned[prefix])
+        else:
+            raw[name] = read(key)
     for (prefix, w), per_expert in experts.items():
         ids = owned.get(prefix, range(max(per_expert) + 1))
         missing = [e for e in ids if e not in per_expert]
