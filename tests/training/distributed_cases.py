@@ -146,10 +146,72 @@ def with_ep(ctx: DistributedContext, ep: int) -> DistributedContext:
     return dataclasses.replace(ctx, mesh=build_mesh(ctx.world_size, ep, ctx.device.type))
 
 
+DISPATCH_TOKENS = {0: 3, 1: 5}           # uneven token counts per rank
+DISPATCH_DIM, DISPATCH_E, DISPATCH_I, DISPATCH_K = 8, 4, 6, 2
+
+
+def dispatch_weights() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """w1, w3 [E, I, dim], w2 [E, dim, I] of the expert-dispatch check."""
+    g = torch.Generator().manual_seed(11)
+    e, i, d = DISPATCH_E, DISPATCH_I, DISPATCH_DIM
+    return (torch.randn(e, i, d, generator=g), torch.randn(e, i, d, generator=g), torch.randn(e, d, i, generator=g))
+
+
+def dispatch_inputs(case: str, rank: int) -> dict[str, torch.Tensor]:
+    """x [T, dim], indices [T, k], weights [T, k], upstream gradient [T, dim] of rank `rank` for `case`:
+    'skewed' routes every token to experts 0 and 1 (rank 0's: rank 1's experts get no rows), 'random' anywhere."""
+    g = torch.Generator().manual_seed(100 * (case == "skewed") + rank)
+    t = DISPATCH_TOKENS[rank]
+    if case == "skewed":
+        indices = torch.stack([torch.randperm(2, generator=g) for _ in range(t)])
+    else:
+        indices = torch.stack([torch.randperm(DISPATCH_E, generator=g)[:DISPATCH_K] for _ in range(t)])
+    return {"x": torch.randn(t, DISPATCH_DIM, generator=g), "indices": indices,
+            "weights": torch.rand(t, DISPATCH_K, generator=g), "upstream": torch.randn(t, DISPATCH_DIM, generator=g)}
+
+
+def dispatch_check(ctx: DistributedContext, out_dir: Path) -> None:
+    """Run `ExpertParallelExperts` (ep=2) forward + backward on each rank's own tokens; rank 0 saves what every rank
+    got: outputs, input and routing-weight gradients, and the full expert-weight gradients."""
+    import torch.distributed as dist
+
+    from multimodal.backbone.moe import Experts
+    from multimodal.config import MoEConfig
+    from multimodal.training.expert_parallel import ExpertParallelExperts
+
+    ep_ctx = with_ep(ctx, 2)
+    cfg = MoEConfig(n_routed_experts=DISPATCH_E, num_experts_per_tok=DISPATCH_K, moe_intermediate_size=DISPATCH_I)
+    experts = Experts(DISPATCH_DIM, cfg)
+    with torch.no_grad():
+        for p, w in zip((experts.w1, experts.w3, experts.w2), dispatch_weights()):
+            p.copy_(w)
+    module = ExpertParallelExperts.from_experts(experts, ep_ctx.submesh("ep"))
+    saved: dict[str, torch.Tensor] = {}
+    for case in ("skewed", "random"):
+        inp = dispatch_inputs(case, ctx.rank)
+        x, w = inp["x"].requires_grad_(True), inp["weights"].requires_grad_(True)
+        y = module(x, inp["indices"], w)
+        (y * inp["upstream"]).sum().backward()
+        mine = {"y": y.detach(), "x_grad": x.grad, "w_grad": w.grad}
+        for key, t in mine.items():                          # gather the uneven per-rank tensors on every rank
+            parts = [None] * ctx.world_size
+            dist.all_gather_object(parts, t.tolist())
+            for r, part in enumerate(parts):
+                saved[f"{case}.{key}.{r}"] = torch.tensor(part)
+        for name in ("w1", "w2", "w3"):
+            saved[f"{case}.{name}_grad"] = getattr(module, name).grad.full_tensor().clone()
+            getattr(module, name).grad = None
+        saved[f"{case}.local_experts"] = torch.tensor(module.w1.to_local().shape[0])
+    if ctx.rank == 0:
+        save_file(saved, str(out_dir / "dispatch.safetensors"))
+
+
 def train_worker(rank: int, world: int, out_dir: str, scenarios: list[dict[str, Any]], steps: int) -> None:
-    """For each scenario {name, ep, ac}: build, parallelize, train `steps` steps, write losses and full weights."""
+    """The expert-dispatch check, then for each scenario {name, ep, ac}: build, parallelize, train `steps` steps,
+    write losses and full weights."""
     base = init_distributed(ParallelConfig(timeout_s=60))
     try:
+        dispatch_check(base, Path(out_dir))
         for sc in scenarios:
             cfg = ParallelConfig(ep=sc["ep"], activation_checkpointing=sc.get("ac", False), timeout_s=60)
             ctx = with_ep(base, cfg.ep)

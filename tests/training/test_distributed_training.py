@@ -17,7 +17,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .distributed_cases import reference, spawn_ranks, train_worker
+from multimodal.backbone.moe import grouped_experts
+
+from .distributed_cases import (DISPATCH_TOKENS, dispatch_inputs, dispatch_weights, reference, spawn_ranks,
+                                train_worker)
 
 STEPS = 3
 SCENARIOS = [{"name": "fsdp", "ep": 1}, {"name": "fsdp_ep", "ep": 2}, {"name": "fsdp_ep_ac", "ep": 2, "ac": True}]
@@ -66,3 +69,26 @@ def test_parameters_are_sharded(runs):
         assert local[w1][0] == ref_state[w1].shape[0] // 2                    # half the experts per rank
         emb = local["embed.weight"]
         assert emb[0] == ref_state["embed.weight"].shape[0] // 2              # FSDP shard of a dense weight
+
+
+@pytest.mark.parametrize("case", ["skewed", "random"])
+def test_expert_dispatch_matches_one_device(runs, case):
+    """All-to-all dispatch/combine on 2 ranks with uneven token counts (3 and 5), including a routing that sends no
+    token to rank 1's experts, equals `grouped_experts` on all 8 tokens: outputs and every gradient."""
+    out = runs[0]
+    got = load_file(str(out / "dispatch.safetensors"))
+    assert int(got[f"{case}.local_experts"]) == 2
+    w1, w3, w2 = (w.clone().requires_grad_(True) for w in dispatch_weights())
+    inputs = [dispatch_inputs(case, r) for r in sorted(DISPATCH_TOKENS)]
+    x = torch.cat([i["x"] for i in inputs]).requires_grad_(True)
+    weights = torch.cat([i["weights"] for i in inputs]).requires_grad_(True)
+    y = grouped_experts(x, w1, w3, w2, torch.cat([i["indices"] for i in inputs]), weights, 10.0)
+    (y * torch.cat([i["upstream"] for i in inputs])).sum().backward()
+    split = list(DISPATCH_TOKENS.values())
+    for key, ref in (("y", y.detach()), ("x_grad", x.grad), ("w_grad", weights.grad)):
+        for r, part in enumerate(ref.split(split)):
+            torch.testing.assert_close(got[f"{case}.{key}.{r}"], part, rtol=1e-5, atol=1e-5)
+    for name, w in (("w1", w1), ("w2", w2), ("w3", w3)):
+        torch.testing.assert_close(got[f"{case}.{name}_grad"], w.grad, rtol=1e-5, atol=1e-5)
+    if case == "skewed":                      # rank 1's experts received nothing: zero gradient, not missing
+        assert got["skewed.w1_grad"][2:].abs().max() == 0
