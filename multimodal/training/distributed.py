@@ -49,7 +49,9 @@ class ParallelConfig:
 
     ep                      expert-parallel degree: routed experts are split over `ep` ranks (must divide the world
                             size and the number of routed experts); 1 = every rank keeps all experts (FSDP-sharded)
-    fsdp                    shard parameters / gradients / optimizer state with FSDP2 (off = replicate, still EP)
+    fsdp                    shard parameters / gradients / optimizer state with FSDP2. Training needs it: FSDP is
+                            also what averages the gradients over the ranks. Off = non-expert weights replicated
+                            and never synchronised, which is only right for inference
     activation_checkpointing recompute each block's activations in the backward pass instead of storing them
     reshard_after_forward   free the gathered parameters after each block's forward (ZeRO-3); off keeps them (ZeRO-2)
     timeout_s               rendezvous and collective timeout: a dead or missing rank becomes an error after this

@@ -31,6 +31,7 @@ from .checkpoint import LATEST, TMP_PREFIX, list_checkpoints, step_dir_name
 from .config import TrainConfig
 from .distributed import DistributedContext, ParallelConfig, clip_grad_norm_, init_distributed, parallelize
 from .sharded_checkpoint import export_consolidated, load_checkpoint, save_checkpoint
+from .tasks import TEXT_TASKS
 from .trainer import Trainer
 
 
@@ -94,6 +95,10 @@ class DistributedTrainer(Trainer):
 
     def __init__(self, config: TrainConfig, out: str | Path, resume: bool = False,
                  parallel: ParallelConfig | None = None, ctx: DistributedContext | None = None, **kwargs: Any) -> None:
+        media = sorted(n for n, weight in config.tasks.items() if weight > 0 and n not in TEXT_TASKS)
+        if media:
+            raise ValueError(f"distributed training covers the text tasks; the unified model's media tasks {media} "
+                             f"run in one process for now (python -m multimodal train without torchrun/--ep)")
         self.parallel = parallel or ParallelConfig()
         self.ctx = ctx or init_distributed(self.parallel)
         w = self.ctx.world_size
@@ -161,9 +166,6 @@ class DistributedTrainer(Trainer):
 
     def export(self) -> Path | None:
         """Consolidated `out/model/` (config.json + safetensors + tokenizer.json) for the pipelines; collective."""
-        if self.trains_media:
-            raise ValueError("distributed export of the unified (media) model is not supported yet; "
-                             "consolidate its checkpoint instead")
         target = export_consolidated(self.model, self.out / "model", self.ctx)
         if target is not None:
             self.tokenizer.save(target / "tokenizer.json")
