@@ -143,10 +143,10 @@ def _check_world_size(store: dist.Store, rank: int, world_size: int, timeout: ti
     Rank 0 waits for every other rank's entry, the others for rank 0's, so a missing rank (wrong --nnodes, a node
     that never started) is reported after `timeout` by name instead of blocking the process-group setup forever.
     """
-    store.set(f"multimodal/world/{rank}", str(world_size))
+    store.set(f"world/{rank}", str(world_size))
     peers = range(1, world_size) if rank == 0 else [0]
     for peer in peers:
-        key = f"multimodal/world/{peer}"
+        key = f"world/{peer}"
         try:
             store.wait([key], timeout)
         except (RuntimeError, dist.DistStoreError) as exc:
@@ -185,9 +185,11 @@ def init_distributed(cfg: ParallelConfig | None = None, env: Mapping[str, str] |
     device = local_device(local_rank)
     timeout = timedelta(seconds=cfg.timeout_s)
     store = _rendezvous_store(env, rank, world, timeout)
+    # torchrun's agent keeps one store across restarts (--max-restarts): keys of an earlier attempt must not count
+    store = dist.PrefixStore(f"multimodal/attempt_{env.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
     _check_world_size(store, rank, world, timeout)
     backend = "gloo" if device.type == "cpu" else dist.get_default_backend_for_device(device)
-    dist.init_process_group(backend, store=dist.PrefixStore("multimodal/pg", store), rank=rank, world_size=world,
+    dist.init_process_group(backend, store=dist.PrefixStore("pg", store), rank=rank, world_size=world,
                             timeout=timeout, device_id=device if device.type != "cpu" else None)
     return DistributedContext(rank, world, local_rank, device, build_mesh(world, cfg.ep, device.type))
 
