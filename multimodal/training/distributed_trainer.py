@@ -19,6 +19,7 @@ What changes against the one-process `Trainer` (everything else, including the r
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from .config import TrainConfig
 from .distributed import DistributedContext, ParallelConfig, clip_grad_norm_, init_distributed, parallelize
 from .sharded_checkpoint import export_consolidated, load_checkpoint, save_checkpoint
 from .tasks import TEXT_TASKS
-from .trainer import Trainer
+from .trainer import Trainer, TrainResult
 
 
 class DistributedLoadTracker(LoadTracker):
@@ -130,6 +131,49 @@ class DistributedTrainer(Trainer):
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
         return float(clip_grad_norm_(params, max_norm, self.ctx))
+
+    # ----------------------------------------------------------------------------------- stopping together
+    def train(self) -> TrainResult:
+        """`Trainer.train`, with `max_time` and stop requests (SIGTERM, Ctrl-C) decided by all ranks together.
+
+        Each rank sees its own clock and its own signals; if one rank stopped a step earlier than another, the two
+        would wait in different collectives. So the limit is checked after every update and the flags of all ranks
+        are combined (any rank out of time or asked to stop -> every rank stops after the same update)."""
+        max_time = self.config.max_time
+        self._deadline = time.perf_counter() + max_time if max_time else None
+        self._timed_out = False
+        self.config = self.config.replace(max_time=0.0)           # the base loop's own (per-rank) check is off
+        try:
+            result = super().train()
+        finally:
+            self.config = self.config.replace(max_time=max_time)
+        if self._timed_out and result.stop_reason == "stop_requested":
+            result.stop_reason = "max_time"
+        return result
+
+    @property
+    def stop_requested(self) -> bool:
+        """What the training loop reads: the stop decision all ranks agreed on after the last update."""
+        return getattr(self, "_stop_agreed", False)
+
+    @stop_requested.setter
+    def stop_requested(self, value: bool) -> None:
+        """What a signal handler sets: this rank's wish, shared with the others after the current update."""
+        self._stop_wish = bool(value)
+        if not value:
+            self._stop_agreed = False
+
+    def train_step(self) -> dict[str, Any]:
+        record = super().train_step()
+        deadline = getattr(self, "_deadline", None)
+        flags = torch.tensor([float(getattr(self, "_stop_wish", False)),
+                              float(deadline is not None and time.perf_counter() >= deadline)], device=self.ctx.device)
+        if self.ctx.is_distributed:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if flags[1] > 0:
+            self._timed_out = True
+        self._stop_agreed = bool(flags.max() > 0)
+        return record
 
     # -------------------------------------------------------------------------------------- checkpoints
     def save(self) -> Path | None:

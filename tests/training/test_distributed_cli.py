@@ -70,3 +70,16 @@ def test_torchrun_two_ranks_then_resume_on_one(tmp_path):
     for step in (3, 4):
         assert abs(got[step] - ref[step]) < 5e-4, (step, got[step], ref[step])
     print("2 ranks:", [round(ref[s], 5) for s in (1, 2, 3, 4)], "resumed on 1:", [round(got[s], 5) for s in (3, 4)])
+
+
+def test_max_time_stops_every_rank_after_the_same_update(tmp_path):
+    """--max-time on 2 ranks: each rank has its own clock, the stop is agreed on, both save the same checkpoint."""
+    (tmp_path / "recipe.json").write_text(json.dumps({**RECIPE, "max_steps": 10_000, "save_every": 0}))
+    proc = run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                "--master-port", str(free_port()), "-m", "multimodal", "train", "--config", "recipe.json", "--out",
+                "run", "--threads", "1", "--dist-timeout", "60", "--max-time", "4"], tmp_path)
+    assert "(max_time)" in proc.stdout, proc.stdout[-2000:]
+    ckpts = [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith("step_")]
+    assert len(ckpts) == 1 and (ckpts[0] / ".metadata").is_file()
+    step = json.loads((ckpts[0] / "state.json").read_text())["step"]
+    assert 0 < step < 10_000
