@@ -262,10 +262,11 @@ def apply_fsdp(model: Transformer, ctx: DistributedContext, reshard_after_forwar
     for block in [*model.layers, *(m.block for m in model.mtp)]:
         assert isinstance(block, Block)
         if isinstance(block.ffn, MoE) and ctx.ep_size > 1:
-            experts = fully_shard(block.ffn.experts, mesh=dp_mod_ep, reshard_after_forward=reshard_after_forward)
-            # tokens of all `ep` ranks reach these experts, so their gradient is already a sum over `ep` local
-            # losses; divide by the full data-parallel size to get the mean over the global batch
-            experts.set_gradient_divide_factor(float(ctx.world_size))
+            # tokens of all `ep` ranks reach these experts, so their local gradient is already a sum over `ep`
+            # ranks' losses: scale it by 1/ep, and FSDP's mean over `dp_mod_ep` completes the mean over all ranks.
+            # (A custom FSDP gradient divide factor would do the same, but needs PREMUL_SUM, which gloo lacks.)
+            block.ffn.experts.grad_scale = 1.0 / ctx.ep_size
+            fully_shard(block.ffn.experts, mesh=dp_mod_ep, reshard_after_forward=reshard_after_forward)
         fully_shard(block, mesh=dp, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=dp, reshard_after_forward=reshard_after_forward)
     # `mtp_loss` reads the root's embedding and head outside `forward`: let FSDP gather them for it too

@@ -35,6 +35,19 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
 
 
+class _ScaleGradient(torch.autograd.Function):
+    """Identity in the forward pass; multiplies the gradient by `scale` in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
+
+
 class ExpertParallelExperts(nn.Module):
     """Drop-in replacement for `backbone.moe.Experts` whose weights are split over an `ep` mesh dimension.
 
@@ -51,6 +64,9 @@ class ExpertParallelExperts(nn.Module):
             raise ValueError(f"n_routed_experts ({num_experts}) must be divisible by the expert-parallel degree ep={ep}")
         self.ep_mesh = ep_mesh
         self.num_experts, self.ep_size = num_experts, ep
+        # Tokens of all `ep` ranks reach these experts, so their gradient sums `ep` ranks' local losses where the
+        # other weights see one; data-parallel training sets this to 1/ep (see `distributed.apply_fsdp`).
+        self.grad_scale = 1.0
         self.num_local = num_experts // ep
         self.limit = limit
         kw = {"device": device, "dtype": dtype}
@@ -99,6 +115,8 @@ class ExpertParallelExperts(nn.Module):
         h = received[perm]                                                           # [R, dim] sorted by expert
         per_expert = recv_counts.sum(dim=0).tolist()                                 # [n_local]
         w1, w2, w3 = _local(self.w1), _local(self.w2), _local(self.w3)
+        if self.grad_scale != 1.0:
+            w1, w2, w3 = (_ScaleGradient.apply(w, self.grad_scale) for w in (w1, w2, w3))
         outs, start = [], 0
         for j, n in enumerate(per_expert):                                           # zero-row experts still run
             seg = h[start:start + n]

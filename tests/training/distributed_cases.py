@@ -211,7 +211,8 @@ def train_worker(rank: int, world: int, out_dir: str, scenarios: list[dict[str, 
     write losses and full weights."""
     base = init_distributed(ParallelConfig(timeout_s=60))
     try:
-        dispatch_check(base, Path(out_dir))
+        if world == len(DISPATCH_TOKENS):
+            dispatch_check(base, Path(out_dir))
         for sc in scenarios:
             cfg = ParallelConfig(ep=sc["ep"], activation_checkpointing=sc.get("ac", False), timeout_s=60)
             ctx = with_ep(base, cfg.ep)
