@@ -40,6 +40,13 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (on a busy shared CPU, 1 is often much faster than the default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d = p.add_argument_group("distributed (under torchrun; see docs/distributed.md)")
+    d.add_argument("--ep", type=int, default=1,
+                   help="expert-parallel degree: ranks that split the routed experts (divides the process count)")
+    d.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each block's activations in the backward pass (less memory, more compute)")
+    d.add_argument("--dist-timeout", type=float, default=300.0,
+                   help="seconds after which a missing, dead or stuck rank is an error (default 300)")
     p.set_defaults(func=run)
 
 
@@ -75,18 +82,37 @@ def _install_stop_handlers(trainer) -> None:
             pass
 
 
-def run_model(args) -> int:
+def make_trainer(cfg, args):
+    """`Trainer`, or `DistributedTrainer` under torchrun / with --ep / to resume a distributed checkpoint."""
+    import os
+
+    from multimodal.training.distributed import ParallelConfig
+    from multimodal.training.distributed_trainer import DistributedTrainer, wants_distributed
     from multimodal.training.trainer import Trainer
 
+    parallel = ParallelConfig(ep=args.ep, activation_checkpointing=args.activation_checkpointing,
+                              timeout_s=args.dist_timeout)
+    if wants_distributed(os.environ, parallel, args.out, args.resume):
+        return DistributedTrainer(cfg, args.out, resume=args.resume, parallel=parallel)
+    return Trainer(cfg, args.out, resume=args.resume)
+
+
+def run_model(args) -> int:
+    from multimodal.training.distributed import distributed_errors, shutdown_after
+
     cfg = model_config(args)
-    trainer = Trainer(cfg, args.out, resume=args.resume)
-    print(f"training {args.out}: {trainer.describe()}", flush=True)
-    _install_stop_handlers(trainer)
-    result = trainer.train()
+    with distributed_errors(), shutdown_after():
+        trainer = make_trainer(cfg, args)
+        main = trainer.is_main_process()
+        if main:
+            print(f"training {args.out}: {trainer.describe()}", flush=True)
+        _install_stop_handlers(trainer)
+        result = trainer.train()
     evals = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.eval.items()))
     loss = "n/a" if result.loss is None else f"{result.loss:.4f}"
-    print(f"stopped at step {result.step} ({result.stop_reason}); train loss {loss}; {evals}; "
-          f"checkpoint {result.checkpoint}", flush=True)
+    if main:
+        print(f"stopped at step {result.step} ({result.stop_reason}); train loss {loss}; {evals}; "
+              f"checkpoint {result.checkpoint}", flush=True)
     return 0
 
 
