@@ -1,8 +1,8 @@
 """Side-by-side timings of the kernel ops against their baselines, one JSON row per (config, impl).
 
 Usage:
-    python benchmarks/kernels.py                       # CUDA, DeepSeek-V4-Flash shapes
-    python benchmarks/kernels.py --device cpu --small  # anyone's CPU, small shapes
+    python benchmarks/kernel_ops.py                       # CUDA, DeepSeek-V4-Flash shapes
+    python benchmarks/kernel_ops.py --device cpu --small  # anyone's CPU, small shapes
 
 Rows follow ``shared/reference/performance.md`` §4: name, impl, shape, dtype, device, ms_median,
 ms_p10, ms_p90, tflops, gbps, pct_peak_flops, pct_peak_bw, max_abs_err_vs_ref (plus a note).
