@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -45,6 +44,7 @@ from .decoders.image import ImageHead
 from .decoders.text import GenerationConfig, TextGenerationResult, generate_text
 from .tokenizers.patchify import patchify
 from .decoders.video import VideoHead
+from .io.atomic import atomic_path
 
 TEXT, IMAGE, VIDEO, QUERY = 0, 1, 2, 3
 VISUAL_KINDS = ("image", "video")
@@ -380,9 +380,11 @@ class UnifiedModel(nn.Module):
         """Write `config.json` and `model.safetensors` into folder `path`, each atomically (temp file + rename)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        _atomic(path / "model.safetensors", lambda tmp: save_model(self, tmp, metadata={"format": "pt"}))
+        with atomic_path(path / "model.safetensors") as tmp:
+            save_model(self, tmp, metadata={"format": "pt"})
         text = json.dumps(self.config.to_dict(), indent=2) + "\n"
-        _atomic(path / "config.json", lambda tmp: Path(tmp).write_text(text))
+        with atomic_path(path / "config.json") as tmp:
+            Path(tmp).write_text(text)
         return path
 
     @classmethod
@@ -407,13 +409,3 @@ class UnifiedModel(nn.Module):
         return model.eval()
 
 
-def _atomic(target: Path, write) -> None:
-    """Call write(tmp) on a temporary file next to `target`, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

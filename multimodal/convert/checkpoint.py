@@ -9,8 +9,6 @@ lists every missing and unexpected key. Only safetensors are read: nothing is ev
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from .fp8 import FP8_DTYPES, dequantize_blockwise
 from .hf_config import from_hf_config, to_hf_config
 from .names import disk_to_ours, expert_key, ours_to_disk, stacked_key
 from .names_v3 import V3Names
+from ..io.atomic import atomic_path
 
 _V3_TYPES = ("deepseek_v3", "deepseek_v32")
 
@@ -140,17 +139,6 @@ def _cast(key: str, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t.float() if any(p in key for p in _FP32_PARTS) else t.to(dtype)
 
 
-def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_pretrained(model: Transformer, path: str | Path, max_shard_bytes: int = 5 * 1024 ** 3) -> None:
     """Write `config.json` (Hugging Face format) and safetensors shards (+ index when more than one)."""
     path = Path(path)
@@ -182,9 +170,12 @@ def save_pretrained(model: Transformer, path: str | Path, max_shard_bytes: int =
     n = len(shards)
     names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
     for name, shard in zip(names, shards):
-        _atomic_write(path / name, lambda tmp, shard=shard: save_file(shard, tmp, metadata={"format": "pt"}))
+        with atomic_path(path / name) as tmp:
+            save_file(shard, tmp, metadata={"format": "pt"})
     if n > 1:
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in disk.values())},
                  "weight_map": {k: name for name, shard in zip(names, shards) for k in shard}}
-        _atomic_write(path / "model.safetensors.index.json", lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2)))
-    _atomic_write(path / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(hf, indent=2) + "\n"))
+        with atomic_path(path / "model.safetensors.index.json") as tmp:
+            Path(tmp).write_text(json.dumps(index, indent=2))
+    with atomic_path(path / "config.json") as tmp:
+        Path(tmp).write_text(json.dumps(hf, indent=2) + "\n")

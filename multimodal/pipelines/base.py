@@ -27,7 +27,8 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..decoders.text import GenerationConfig
-from ..model import Segment, TokenIds, UnifiedModel, _atomic, model_preset
+from ..io.atomic import atomic_path
+from ..model import Segment, TokenIds, UnifiedModel, model_preset
 from ..tokenizers.autoencoder import CausalAutoencoder
 from ..tokenizers.config import AutoencoderConfig
 from ..tokenizers.text import TextTokenizer
@@ -173,15 +174,18 @@ class MultimodalPipeline(DiffusionPipeline):
             (path / "vae").mkdir(exist_ok=True)
             self.vae.save_pretrained(path / "vae" / "autoencoder.safetensors")
             cfg_text = json.dumps(self.vae.config.to_dict(), indent=2) + "\n"
-            _atomic(path / "vae" / "config.json", lambda tmp: Path(tmp).write_text(cfg_text))
+            with atomic_path(path / "vae" / "config.json") as tmp:
+                Path(tmp).write_text(cfg_text)
             index["vae"] = _library_class(self.vae)
         if self.scheduler is not None:
             (path / "scheduler").mkdir(exist_ok=True)
             text = self.scheduler.to_json_string()
-            _atomic(path / "scheduler" / "scheduler_config.json", lambda tmp: Path(tmp).write_text(text))
+            with atomic_path(path / "scheduler" / "scheduler_config.json") as tmp:
+                Path(tmp).write_text(text)
             index["scheduler"] = ["diffusers", type(self.scheduler).__name__]
         text = json.dumps(index, indent=2) + "\n"
-        _atomic(path / "model_index.json", lambda tmp: Path(tmp).write_text(text))
+        with atomic_path(path / "model_index.json") as tmp:
+            Path(tmp).write_text(text)
         return path
 
     @classmethod
