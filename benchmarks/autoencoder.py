@@ -7,8 +7,8 @@ Writes JSON (stdout, or ``--out FILE``)::
 - throughput: frames per second of encode and decode, for a batch of images and for 17-frame videos,
   on CPU (``--threads``) and on CUDA when present;
 - memory: peak resident memory added by encoding + decoding one 257-frame 64x64 clip, whole vs in
-  chunks (each measured in a fresh subprocess, as the growth of ``ru_maxrss`` over the loaded model
-  and the input clip), and ``torch.cuda.max_memory_allocated`` on CUDA.
+  chunks (each in a fresh subprocess: the kernel's peak-RSS mark is reset after the model and the
+  input clip are loaded, then read after the run), and ``torch.cuda.max_memory_allocated`` on CUDA.
 
 Not a test: numbers depend on the machine and its load.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -50,12 +51,34 @@ def throughput(model: CausalAutoencoder, device: str, repeats: int) -> dict:
     return out
 
 
+def _status_kib(field: str) -> int:
+    """A ``/proc/self/status`` memory field (VmRSS, VmHWM) in KiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _memory_child(chunk: int, frames: int, device: str) -> dict:
     """Run in a subprocess: peak memory of encode + decode of one clip."""
     torch.set_num_threads(2)
     model = CausalAutoencoder.from_pretrained(device=device)
     x = torch.rand(1, 3, frames, 64, 64, device=device) * 2 - 1
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    with torch.no_grad():  # warm-up on one frame: allocator and kernels initialised outside the measure
+        model.decode(model.encode(x[:, :, :1]))
+    exact = _reset_peak_rss()
+    base = _status_kib("VmRSS") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         base_cuda = torch.cuda.memory_allocated()
@@ -75,7 +98,9 @@ def _memory_child(chunk: int, frames: int, device: str) -> dict:
     if device.startswith("cuda"):
         out["cuda_peak_MiB_over_input"] = round((torch.cuda.max_memory_allocated() - base_cuda) / 2**20, 1)
     else:
-        out["peak_rss_growth_MiB"] = round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024, 1)
+        peak = _status_kib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out["peak_rss_growth_MiB"] = round((peak - base) / 1024, 1)
+        out["measure"] = "VmHWM after clear_refs" if exact else "ru_maxrss (includes loading)"
     return out
 
 
@@ -83,7 +108,9 @@ def memory(device: str, frames: int, chunks: list[int]) -> list[dict]:
     results = []
     for chunk in chunks:
         code = f"import json, benchmarks.autoencoder as b; print(json.dumps(b._memory_child({chunk}, {frames}, {device!r})))"
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # so the child finds benchmarks/
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     return results
 

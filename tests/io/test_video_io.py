@@ -144,3 +144,22 @@ def test_display_rotation_written_by_pyav(tmp_path):
     got = read_video(path)
     assert got.shape == (3, 32, 16, 3)
     assert np.abs(got[0].astype(int) - np.rot90(frame, k=info.rotation // 90)).mean() < 3.0
+
+
+def test_reads_odd_sized_streams(tmp_path):
+    """VP9 stores odd sizes directly (written here with PyAV, not our padding writer)."""
+    clip = moving_clip(t=5, h=45, w=63)
+    path = tmp_path / "odd.webm"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libvpx-vp9", rate=8, options={"crf": "20", "b": "0"})
+        s.width, s.height, s.pix_fmt = 63, 45, "yuv420p"
+        for frame in clip:
+            for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    info = probe_video(path)
+    assert (info.width, info.height) == (63, 45)
+    got = read_video(path)
+    assert got.shape == (5, 45, 63, 3)
+    assert np.abs(got.astype(int) - clip).mean() < 3.0
