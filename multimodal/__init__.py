@@ -11,6 +11,14 @@ from .config import (AttentionConfig, BackboneConfig, EngramConfig, HyperConfig,
 from .convert.checkpoint import CheckpointError, load_pretrained, save_pretrained
 from .convert.hf_config import from_hf_config, to_hf_config
 
+# tokenizers and media I/O
+from .io import MediaError, VideoWriter, iter_frames, probe_video, read_image, read_video, write_image, write_video
+from .tokenizers.autoencoder import CausalAutoencoder
+from .tokenizers.config import AutoencoderConfig
+from .tokenizers.image import ImageTokenizer
+from .tokenizers.text import TextTokenizer
+from .tokenizers.video import VideoTokenizer, VisualTokens
+
 # the shapes-and-digits world (data) and its scorer (eval)
 from .data.datasets import WorldDataConfig, WorldDataset, collate_world
 from .data.render import render_sample
@@ -43,6 +51,10 @@ __all__ = [
     "PRESETS", "preset",
     # checkpoints
     "load_pretrained", "save_pretrained", "CheckpointError", "from_hf_config", "to_hf_config",
+    # tokenizers and media
+    "TextTokenizer", "AutoencoderConfig", "CausalAutoencoder", "ImageTokenizer", "VideoTokenizer", "VisualTokens",
+    "MediaError", "read_video", "iter_frames", "probe_video", "write_video", "VideoWriter", "read_image",
+    "write_image",
     # world and scorer
     "WorldDataConfig", "WorldDataset", "WorldSample", "collate_world", "parse_caption", "parse_frames",
     "render_sample", "sample_image", "sample_video", "score_captions", "score_frames",
