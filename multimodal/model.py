@@ -288,7 +288,7 @@ class UnifiedModel(nn.Module):
         n_query = {len(r[3]) for r in rows}
         if len(n_query) != 1:
             raise ValueError(f"all samples of a batch need the same number of query tokens, got {sorted(n_query)}")
-        b, s, dim = len(rows), max(r[0].shape[0] for r in rows), self.config.backbone.hidden_size
+        b, s = len(rows), max(r[0].shape[0] for r in rows)
         pad_id = self.config.token_ids.pad
         embeds = self.embed_text(torch.full((b, s), pad_id, device=self.device))        # [B, S, dim]
         mask = torch.zeros(b, s, dtype=torch.long, device=self.device)

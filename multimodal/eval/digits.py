@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from multimodal.data.glyphs import glyph_labels, split_glyph_indices
 from multimodal.data.render import draw_object
 from multimodal.data.world import COLOURS, FRAME_SIZE, SIZES, WorldObject
-from multimodal.eval.scene import CLASSIFIER_SIDE, segment_frame
+from multimodal.eval.scene import segment_frame
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "assets" / "digit_classifier.safetensors"
 

@@ -10,7 +10,6 @@ import math
 import pytest
 import torch
 
-from multimodal.backbone.cache import BackboneCache
 from multimodal.backbone.mla import MLA
 from multimodal.backbone.moe import Router
 from multimodal.backbone.rope import RotaryEmbedding, apply_rope, rope_inv_freq, yarn_correction_range, yarn_mscale
