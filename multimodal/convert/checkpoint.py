@@ -49,6 +49,20 @@ def _shard_files(path: Path) -> list[Path]:
     return files
 
 
+def block_scales(path: Path, fp8_keys, keys) -> dict[str, str]:
+    """FP8 weight key -> its block-scale key among `keys` (`<w>_scale_inv`, or DeepSeek's `<base>.scale`).
+
+    Only such companions are scales: a parameter that happens to be named `.scale` (mHC) is a weight."""
+    scales = {}
+    for key in fp8_keys:
+        candidates = (key + "_scale_inv", key.removesuffix(".weight") + ".scale")
+        found = [c for c in candidates if c in keys]
+        if not found:
+            raise CheckpointError(f"{path}: FP8 tensor {key!r} has no block scale ({' or '.join(candidates)})")
+        scales[key] = found[0]
+    return scales
+
+
 def read_tensors(path: str | Path, dtype: torch.dtype = torch.float32,
                  names: V3Names | None = None) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint folder under OUR names, FP8 dequantised, experts stacked to [E, ...].
@@ -63,14 +77,7 @@ def read_tensors(path: str | Path, dtype: torch.dtype = torch.float32,
                 raw[key] = handle.get_tensor(key)
     out: dict[str, torch.Tensor] = {}
     experts: dict[tuple[str, str], dict[int, torch.Tensor]] = defaultdict(dict)
-    scales = {}                                              # FP8 weight key -> its block-scale key
-    for key, t in raw.items():
-        if t.dtype in FP8_DTYPES:
-            candidates = (key + "_scale_inv", key.removesuffix(".weight") + ".scale")
-            found = [c for c in candidates if c in raw]
-            if not found:
-                raise CheckpointError(f"{path}: FP8 tensor {key!r} has no block scale ({' or '.join(candidates)})")
-            scales[key] = found[0]
+    scales = block_scales(path, [k for k, t in raw.items() if t.dtype in FP8_DTYPES], raw)
     companions = set(scales.values())
     for key, t in raw.items():
         if key in companions or (names is not None and names.ignored(key)):

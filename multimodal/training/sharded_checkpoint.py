@@ -39,7 +39,7 @@ from torch.distributed.tensor import DTensor
 
 from ..backbone.transformer import Transformer
 from ..config import BackboneConfig
-from ..convert.checkpoint import CheckpointError, _cast, _shard_files, save_pretrained
+from ..convert.checkpoint import CheckpointError, _cast, _shard_files, block_scales, save_pretrained
 from ..convert.fp8 import dequantize_blockwise
 from ..convert.names import disk_to_ours, expert_key
 from .distributed import DistributedContext
@@ -178,14 +178,7 @@ def _read_local(path: Path, owned: dict[str, range], dtype: torch.dtype, names: 
             for key in handle.keys():
                 where[key] = f
                 kinds[key] = handle.get_slice(key).get_dtype()
-    scales: dict[str, str] = {}                                  # FP8 weight key -> its block-scale key
-    for key, kind in kinds.items():
-        if kind.startswith("F8"):
-            candidates = (key + "_scale_inv", key.removesuffix(".weight") + ".scale")
-            found = [c for c in candidates if c in where]
-            if not found:
-                raise CheckpointError(f"{path}: FP8 tensor {key!r} has no block scale ({' or '.join(candidates)})")
-            scales[key] = found[0]
+    scales = block_scales(path, [k for k, kind in kinds.items() if kind.startswith("F8")], where)
     companions = set(scales.values())
 
     def read(key: str, rows: range | None = None) -> torch.Tensor:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from .random_model import randomize_parameters_
+
 transformers = __import__("pytest").importorskip("transformers")
 
 
@@ -27,14 +29,8 @@ def v4_hf_config(**overrides):
 def randomize_(model: torch.nn.Module, seed: int) -> None:
     """Every parameter and buffer random (the library's init leaves sinks, biases and hash tables at zero)."""
     g = torch.Generator().manual_seed(seed)
+    randomize_parameters_(model, g)
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() >= 2:
-                p.normal_(0, 0.2, generator=g)
-            elif "norm" in name:
-                p.uniform_(0.5, 1.5, generator=g)
-            else:
-                p.normal_(0, 0.5, generator=g)
         for name, b in model.named_buffers():
             if name.endswith("tid2eid"):
                 n_exp = model.config.n_routed_experts
