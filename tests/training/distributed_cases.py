@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -126,6 +127,12 @@ def _entry(rank: int, world: int, port: int, fn: Callable[..., None], args: tupl
     os.environ.update(rank_env(rank, world, port))
     torch.set_num_threads(1)
     fn(rank, world, *args)
+    # The work is done and the process group destroyed. Leave without the interpreter's and C++'s static
+    # teardown: now and then a communication thread object destroyed at exit aborts a finished rank
+    # ("terminate called without an active exception", SIGABRT) while another rank is still writing its results.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def spawn_ranks(fn: Callable[..., None], world: int, args: tuple, timeout_s: float = 240.0) -> None:
