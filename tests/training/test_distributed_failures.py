@@ -23,6 +23,7 @@ RECIPE = {"preset": "debug", "vocab_size": 300, "seq_len": 16, "micro_batch_size
           "save_every": 0, "log_every": 1, "progress": False, "seed": 0}
 DIST_TIMEOUT = 8           # seconds, --dist-timeout of the training ranks (collectives under a loaded CPU)
 SHORT = 4                  # seconds, --dist-timeout of the launches that fail before any training
+MISMATCH_JOIN = 45         # seconds, --dist-timeout of the mismatched launch (found at join, not after it)
 WAIT = 90                  # seconds a test waits for all processes to exit before calling it a hang
 
 
@@ -61,7 +62,10 @@ def launch_failures(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("launch_failures")
     port = free_port()
     t0 = time.monotonic()
-    cases = {"mismatch": [start_rank(tmp / "mismatch", 0, 2, port), start_rank(tmp / "mismatch", 1, 3, port)],
+    # the mismatch is found as soon as both ranks have joined; a long rendezvous timeout keeps a rank that is slow
+    # to import torch (four interpreters start at once on 2 cores) from being reported missing instead
+    cases = {"mismatch": [start_rank(tmp / "mismatch", 0, 2, port, timeout=MISMATCH_JOIN),
+                          start_rank(tmp / "mismatch", 1, 3, port, timeout=MISMATCH_JOIN)],
              "missing": [start_rank(tmp / "missing", 0, 2, free_port(), timeout=SHORT)],
              "unreachable": [start_rank(tmp / "unreachable", 1, 2, free_port(), timeout=SHORT)]}
     out = {}
