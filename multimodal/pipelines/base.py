@@ -123,6 +123,11 @@ class MultimodalPipeline(DiffusionPipeline):
                         t.data = t.data.to(dtype)
         return self
 
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Preprocessed pixels [B, 3, T, H, W] -> normalised latents, on the autoencoder's device and dtype."""
+        vae_param = next(self.vae.parameters())
+        return self.vae.normalize_latents(self.vae.encode(pixels.to(vae_param.device, vae_param.dtype)))
+
     # ------------------------------------------------------------------------------------------------ text output
     def generate_text(self, samples: list[list[Segment]], max_new_tokens: int, do_sample: bool, temperature: float,
                       top_k: int, top_p: float, repetition_penalty: float, stop_strings: str | list[str] | None,

@@ -39,8 +39,7 @@ class ImageCaptionPipeline(MultimodalPipeline):
         cfg = self.model.config
         frontend = ImageTokenizer(self.vae, (height or cfg.height, width or cfg.width), cfg.patch_size)
         pixels = frontend.preprocess(as_list(images))                                  # [B, 3, 1, H, W]
-        vae_param = next(self.vae.parameters())
-        return self.vae.normalize_latents(self.vae.encode(pixels.to(vae_param.device, vae_param.dtype)))
+        return self.encode_pixels(pixels)
 
     @torch.no_grad()
     def __call__(

@@ -42,8 +42,7 @@ class VideoCaptionPipeline(MultimodalPipeline):
         frontend = VideoTokenizer(self.vae, (height or cfg.height, width or cfg.width), cfg.patch_size,
                                   num_frames=num_frames or cfg.num_frames)
         pixels, _ = frontend.preprocess(as_video_list(videos))                         # [B, 3, 1 + 4k, H, W]
-        vae_param = next(self.vae.parameters())
-        return self.vae.normalize_latents(self.vae.encode(pixels.to(vae_param.device, vae_param.dtype)))
+        return self.encode_pixels(pixels)
 
     @torch.no_grad()
     def __call__(
