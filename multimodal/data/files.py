@@ -1,7 +1,6 @@
-"""Minimal image and video files for the world: PNG with Pillow, mp4 (H.264, yuv420p) with PyAV.
-
-Kept local on purpose and small; once ``multimodal.io`` (media I/O) lands, these readers and
-writers should defer to it. Frames are uint8 arrays of shape (T, H, W, 3) in RGB.
+"""Image and video files of the world, through ``multimodal.io``: PNG with Pillow, mp4 (H.264, yuv420p, CRF 18)
+with PyAV, plus the JSON-lines caption files. Frames are uint8 arrays of shape (T, H, W, 3) in RGB (T = 1 for an
+image); every failure is ``multimodal.io.MediaError`` naming the file.
 """
 
 from __future__ import annotations
@@ -11,65 +10,44 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from multimodal.io import MediaError
+from multimodal.io import read_image as _read_image
+from multimodal.io import read_video as _read_video
+from multimodal.io import write_image, write_video
+from multimodal.io.atomic import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov")
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".gif")
 
-
-class MediaError(ValueError):
-    """A media file that cannot be read or written; the message names the file."""
+__all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "MediaError", "read_image", "read_video", "read_media", "write_png",
+           "write_mp4", "write_media", "read_jsonl", "write_jsonl"]
 
 
 def write_png(path: str | os.PathLike, frame: np.ndarray) -> None:
-    """Write one (H, W, 3) uint8 frame as PNG."""
-    Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8), mode="RGB").save(path, format="PNG")
+    """Write one (H, W, 3) uint8 frame as PNG (atomically)."""
+    write_image(path, np.ascontiguousarray(frame, dtype=np.uint8))
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as frames of shape (1, H, W, 3), uint8 RGB."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)[None].copy()
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise MediaError(f"cannot read image {os.fspath(path)}: {exc}") from exc
+    """Read an image file as frames of shape (1, H, W, 3), uint8 RGB (upright, alpha over black)."""
+    return _read_image(path)[None]
 
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, crf: int = 18) -> None:
-    """Encode (T, H, W, 3) uint8 frames as an H.264 (yuv420p) mp4; H and W must be even."""
-    import av
-
+    """Encode (T, H, W, 3) uint8 frames as an H.264 (yuv420p) mp4, atomically; H and W must be even."""
     frames = np.asarray(frames, dtype=np.uint8)
     if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise MediaError(f"frames for {os.fspath(path)} must be (T, H, W, 3), got {frames.shape}")
+        raise MediaError(path, f"frames must be (T, H, W, 3), got {frames.shape}")
     t, h, w, _ = frames.shape
     if h % 2 or w % 2:
-        raise MediaError(f"yuv420p needs even frame sizes, got {w}x{h} for {os.fspath(path)}")
-    tmp = Path(f"{os.fspath(path)}.tmp.mp4")
-    with av.open(str(tmp), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(crf)}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    os.replace(tmp, path)
+        raise MediaError(path, f"yuv420p needs even frame sizes, got {w}x{h}")
+    write_video(path, frames, fps=fps, options={"crf": str(crf)})
 
 
 def read_video(path: str | os.PathLike) -> np.ndarray:
-    """Decode every frame of a video file: (T, H, W, 3) uint8 RGB."""
-    import av
-
-    try:
-        with av.open(os.fspath(path)) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    except (av.error.FFmpegError, OSError, ValueError, IndexError) as exc:
-        raise MediaError(f"cannot read video {os.fspath(path)}: {exc}") from exc
-    if not frames:
-        raise MediaError(f"cannot read video {os.fspath(path)}: no frames")
-    return np.stack(frames)
+    """Decode every frame of a video file: (T, H, W, 3) uint8 RGB (rotation metadata applied)."""
+    return _read_video(path)
 
 
 def read_media(path: str | os.PathLike) -> np.ndarray:
@@ -79,7 +57,7 @@ def read_media(path: str | os.PathLike) -> np.ndarray:
         return read_video(path)
     if suffix in IMAGE_SUFFIXES:
         return read_image(path)
-    raise MediaError(f"unknown media type {suffix!r} for {os.fspath(path)}")
+    raise MediaError(path, f"unknown media type {suffix!r}")
 
 
 def write_media(path: str | os.PathLike, frames: np.ndarray, fps: int = 8) -> None:
@@ -87,12 +65,12 @@ def write_media(path: str | os.PathLike, frames: np.ndarray, fps: int = 8) -> No
     suffix = Path(path).suffix.lower()
     if suffix == ".png":
         if len(frames) != 1:
-            raise MediaError(f"a PNG holds one frame, got {len(frames)} for {os.fspath(path)}")
+            raise MediaError(path, f"a PNG holds one frame, got {len(frames)}")
         write_png(path, frames[0])
     elif suffix == ".mp4":
         write_mp4(path, frames, fps=fps)
     else:
-        raise MediaError(f"can only write .png or .mp4, not {os.fspath(path)}")
+        raise MediaError(path, "can only write .png or .mp4")
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -105,17 +83,15 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise MediaError(f"{os.fspath(path)} line {n}: not JSON ({exc.msg})") from exc
+                raise MediaError(path, f"line {n}: not JSON ({exc.msg})") from exc
             if not isinstance(row, dict):
-                raise MediaError(f"{os.fspath(path)} line {n}: expected a JSON object")
+                raise MediaError(path, f"line {n}: expected a JSON object")
             rows.append(row)
     return rows
 
 
 def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
     """Write rows as JSON lines, atomically (temporary name, then rename)."""
-    tmp = Path(f"{os.fspath(path)}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)

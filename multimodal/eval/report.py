@@ -36,9 +36,9 @@ def _rows(path: Path) -> list[dict]:
     rows = read_jsonl(path)
     for n, row in enumerate(rows, 1):
         if not isinstance(row.get("file"), str) or "caption" not in row:
-            raise MediaError(f"{path} row {n}: needs a 'file' string and a 'caption'")
+            raise MediaError(path, f"row {n}: needs a 'file' string and a 'caption'")
     if not rows:
-        raise MediaError(f"{path} has no rows")
+        raise MediaError(path, "no rows")
     return rows
 
 
@@ -54,7 +54,7 @@ def score_file(path: str | os.PathLike, caption: str, on_error: ErrorSink | None
     return score_frames(caption, frames)
 
 
-def _tag_rows(tags_per_item: list[tuple[str, ...]], values: dict[str, list[float]]) -> dict[str, dict]:
+def tag_rows(tags_per_item: list[tuple[str, ...]], values: dict[str, list[float]]) -> dict[str, dict]:
     """Means of each value list over the items carrying each tag, plus 'overall'."""
     out: dict[str, dict] = {}
     for tag in TAGS + ("overall",):
@@ -77,7 +77,7 @@ def evaluate_media(folder: str | os.PathLike, prompts: str | os.PathLike | None 
     report = {
         "mode": "media",
         "folder": str(folder),
-        "tags": _tag_rows(tags, {"accuracy": [float(s.passed) for s in scores]}),
+        "tags": tag_rows(tags, {"accuracy": [float(s.passed) for s in scores]}),
         "unreadable": [row["file"] for row, s in zip(rows, scores) if s.error],
         "failures": [{"file": row["file"], **s.to_dict()} for row, s in zip(rows, scores) if not s.passed],
     }
@@ -116,8 +116,8 @@ def evaluate_captions(
         golds.append(gold)
         tags.append(caption_tags(gold))
     if not cands:
-        raise MediaError(f"none of the {len(rows)} generated captions has a reference in {folder}")
-    table = _tag_rows(tags, values)
+        raise MediaError(generated, f"none of its {len(rows)} captions has a reference in {folder}")
+    table = tag_rows(tags, values)
     for tag, row in table.items():  # corpus metrics over each tag's subset (IDF from that subset)
         idx = [i for i, t in enumerate(tags) if tag == "overall" or tag in t]
         sub_c, sub_r = [cands[i] for i in idx], [[golds[i]] for i in idx]

@@ -166,6 +166,10 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
                       max_steps=200, warmup_steps=10, lr=2e-3, eval_every=50, save_every=50),
     "mix-tiny": dict(preset="tiny", tasks=dict(MIX), vocab_size=1024, seq_len=64, micro_batch_size=16, grad_accum=4,
                      max_steps=20000, warmup_steps=500, lr=5e-4, eval_every=500, save_every=1000),
+    # the built-in model `shapes-demo` (multimodal/assets/pipelines/shapes-demo): mix-tiny sized for ~1 hour on the
+    # 2-core CPU -- smaller updates (32 samples), so many more of them, and a higher peak learning rate
+    "shapes-demo": dict(preset="tiny", tasks=dict(MIX), vocab_size=1024, seq_len=64, micro_batch_size=16,
+                        grad_accum=2, max_steps=3000, warmup_steps=100, lr=1e-3, eval_every=500, save_every=250),
 }
 
 

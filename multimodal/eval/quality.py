@@ -1,0 +1,219 @@
+"""The quality table of a pipeline on the world's test and held-out splits: every number the README publishes.
+
+    from multimodal.eval.quality import QualitySettings, quality_report, format_quality
+    report = quality_report("shapes", QualitySettings(images=64, videos=32))
+    print(format_quality(report))
+
+For each split in `settings.splits` (default the in-distribution `test` split and the `held-out` split of
+WORLD.md), the `i`-th sample is `sample_image(split_seed(split, i))` / `sample_video(split_seed(split, i))`:
+
+| task            | input                          | measured                                                                |
+|-----------------|--------------------------------|-------------------------------------------------------------------------|
+| `text_to_image` | the sample's caption           | `accuracy`: the generated image passes every clause (`score_frames`)    |
+| `text_to_video` | the sample's caption           | `accuracy`: every object, colour, shape, size and motion clause holds   |
+| `image_to_text` | the rendered image             | exact match, slot P / R / F1, BLEU-4, CIDEr-D of the greedy caption     |
+| `video_to_text` | the rendered 17-frame clip     | the same for clips                                                      |
+
+Generation uses the pipeline's flow scheduler with `steps` denoising steps, guidance `guidance`, and for sample `i`
+a `torch.Generator` seeded with `seed + i`, so every figure is reproducible. Each task's rows are per tag
+(`world.TAGS`: single, relation, count, colour, motion, held-out) plus `overall`. The autoencoder's reconstruction
+PSNR on the test split is reported next to them (`autoencoder`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.render import render_sample
+from ..data.world import sample_image, sample_video, split_seed
+from .captions import caption_tags
+from .metrics import bleu, cider_d, exact_match, slot_scores
+from .report import tag_rows
+from .scorer import score_frames
+
+TASKS = ("text_to_image", "text_to_video", "image_to_text", "video_to_text")
+
+
+@dataclass
+class QualitySettings:
+    """How many samples of each split each task sees, and the sampling settings of the generations."""
+
+    images: int = 200                 # text -> image prompts and image captions per split
+    videos: int = 100                 # text -> video prompts and video captions per split
+    splits: tuple[str, ...] = ("test", "held-out")
+    tasks: tuple[str, ...] = TASKS
+    steps: int = 28                   # denoising steps (the pipelines' default)
+    guidance: float = 3.0             # classifier-free guidance (the pipelines' default)
+    seed: int = 0                     # sample i's generator is seeded with seed + i
+    batch_size: int = 16
+    caption_tokens: int = 32          # the longest world caption is ~20 tokens
+    autoencoder_images: int = 64      # 0 skips the PSNR rows
+    autoencoder_videos: int = 16
+
+    def __post_init__(self) -> None:
+        self.splits, self.tasks = tuple(self.splits), tuple(self.tasks)
+        unknown = sorted(set(self.tasks) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown quality tasks {unknown}; choose from {list(TASKS)}")
+        for name in ("images", "videos", "autoencoder_images", "autoencoder_videos"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("steps", "batch_size", "caption_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class _Pipes:
+    """The four task pipelines over one set of components (loaded once)."""
+
+    image: Any
+    video: Any
+    image_caption: Any
+    video_caption: Any
+    components: dict = field(default_factory=dict)
+
+
+def _pipes(source: Any, device: str | torch.device) -> _Pipes:
+    from ..pipelines import ImageCaptionPipeline, TextToImagePipeline, TextToVideoPipeline, VideoCaptionPipeline
+
+    base = source if hasattr(source, "components") else TextToImagePipeline.from_pretrained(source, device=device)
+    parts = {k: base.components[k] for k in ("model", "tokenizer", "vae", "scheduler")}
+    pipes = _Pipes(TextToImagePipeline(**parts), TextToVideoPipeline(**parts), ImageCaptionPipeline(**parts),
+                   VideoCaptionPipeline(**parts), parts)
+    for pipe in (pipes.image, pipes.video):
+        pipe.set_progress_bar_config(disable=True)
+    return pipes
+
+
+def _samples(kind: str, split: str, n: int) -> list:
+    make = sample_image if kind == "image" else sample_video
+    return [make(split_seed(split, i)) for i in range(n)]
+
+
+def _batches(n: int, size: int):
+    for lo in range(0, n, size):
+        yield range(lo, min(n, lo + size))
+
+
+@torch.no_grad()
+def generation_rows(pipe: Any, kind: str, captions: list[str], settings: QualitySettings) -> tuple[dict, list[dict]]:
+    """Generate one image / video per caption and score it -> (per-tag accuracy rows, failures)."""
+    scores = []
+    for idx in _batches(len(captions), settings.batch_size):
+        gens = [torch.Generator(device=pipe.device).manual_seed(settings.seed + i) for i in idx]
+        out = pipe([captions[i] for i in idx], num_inference_steps=settings.steps, guidance_scale=settings.guidance,
+                   generator=gens, output_type="np")
+        media = np.asarray(out.images if kind == "image" else out.frames)          # [B, (T,) H, W, 3] in [0, 1]
+        media = np.clip(np.rint(media * 255.0), 0, 255).astype(np.uint8)
+        for i, frames in zip(idx, media):
+            scores.append(score_frames(captions[i], frames[None] if kind == "image" else frames))
+    rows = tag_rows([s.tags for s in scores], {"accuracy": [float(s.passed) for s in scores]})
+    failures = [{"index": i, **s.to_dict()} for i, s in enumerate(scores) if not s.passed]
+    return rows, failures
+
+
+def caption_rows(candidates: list[str], references: list[str]) -> dict:
+    """Per-tag exact match, slot P / R / F1 (means) and corpus BLEU-4 / CIDEr-D of each tag's subset."""
+    values: dict[str, list[float]] = {k: [] for k in ("exact", "slot_precision", "slot_recall", "slot_f1")}
+    for cand, ref in zip(candidates, references):
+        p, r, f = slot_scores(cand, ref)
+        for name, v in zip(values, (exact_match(cand, ref), p, r, f)):
+            values[name].append(float(v))
+    tags = [caption_tags(ref) for ref in references]
+    table = tag_rows(tags, values)
+    for tag, row in table.items():
+        idx = [i for i, t in enumerate(tags) if tag == "overall" or tag in t]
+        sub_c, sub_r = [candidates[i] for i in idx], [[references[i]] for i in idx]
+        row["bleu4"], row["cider_d"] = bleu(sub_c, sub_r), cider_d(sub_c, sub_r)
+    return table
+
+
+@torch.no_grad()
+def captioning(pipe: Any, kind: str, samples: list, settings: QualitySettings) -> tuple[dict, list[dict]]:
+    """Greedy captions of rendered images / clips against their captions -> (per-tag rows, wrong captions)."""
+    candidates: list[str] = []
+    for idx in _batches(len(samples), settings.batch_size):
+        frames = [render_sample(samples[i]) for i in idx]                            # (T, 64, 64, 3) uint8
+        inputs = [f[0] for f in frames] if kind == "image" else frames
+        candidates += pipe(inputs, max_new_tokens=settings.caption_tokens).text
+    references = [s.caption for s in samples]
+    wrong = [{"index": i, "caption": c, "reference": r} for i, (c, r) in enumerate(zip(candidates, references))
+             if not exact_match(c, r)]
+    return caption_rows(candidates, references), wrong
+
+
+def quality_report(source: Any = "shapes", settings: QualitySettings | None = None,
+                   device: str | torch.device = "cpu", log=None) -> dict:
+    """Score a pipeline (a built-in name, a saved folder, or a loaded pipeline) on the world -> JSON-ready dict."""
+    from ..training.autoencoder import evaluate_psnr
+
+    settings = settings or QualitySettings()
+    pipes = _pipes(source, device)
+    report: dict[str, Any] = {"settings": asdict(settings), "splits": {}, "failures": {}, "seconds": {}}
+    jobs = {"text_to_image": (pipes.image, "image", "generate"), "text_to_video": (pipes.video, "video", "generate"),
+            "image_to_text": (pipes.image_caption, "image", "caption"),
+            "video_to_text": (pipes.video_caption, "video", "caption")}
+    for split in settings.splits:
+        report["splits"][split], report["failures"][split] = {}, {}
+        for task in settings.tasks:
+            pipe, kind, mode = jobs[task]
+            n = settings.images if kind == "image" else settings.videos
+            if n == 0:
+                continue
+            start = time.perf_counter()
+            samples = _samples(kind, split, n)
+            if mode == "generate":
+                rows, failures = generation_rows(pipe, kind, [s.caption for s in samples], settings)
+            else:
+                rows, failures = captioning(pipe, kind, samples, settings)
+            report["splits"][split][task] = rows
+            report["failures"][split][task] = failures
+            report["seconds"][f"{split}/{task}"] = time.perf_counter() - start
+            if log is not None:
+                log(f"{split} {task}: {n} samples in {time.perf_counter() - start:.1f} s")
+    vae = pipes.components.get("vae")
+    if vae is not None and (settings.autoencoder_images or settings.autoencoder_videos):
+        report["autoencoder"] = evaluate_psnr(vae, num_images=settings.autoencoder_images,
+                                              num_videos=settings.autoencoder_videos, split="test")
+    return report
+
+
+def headline(report: dict) -> dict[str, float]:
+    """The figures the built-in model's targets name (overall rows; missing tasks are left out)."""
+    out: dict[str, float] = {}
+    for split, name in (("test", "in-distribution"), ("held-out", "held-out")):
+        tasks = report["splits"].get(split, {})
+        for task, metric in (("text_to_image", "accuracy"), ("text_to_video", "accuracy"),
+                             ("image_to_text", "exact"), ("video_to_text", "exact"), ("video_to_text", "slot_f1")):
+            if task in tasks:
+                out[f"{name} {task} {metric}"] = tasks[task]["overall"][metric]
+    for key in ("image_psnr", "video_psnr"):
+        if key in report.get("autoencoder", {}):
+            out[f"autoencoder {key}"] = report["autoencoder"][key]
+    return out
+
+
+def format_quality(report: dict) -> str:
+    """Markdown tables: one per split and task, rows per tag (percentages; CIDEr-D as a number)."""
+    lines: list[str] = []
+    for split, tasks in report["splits"].items():
+        for task, rows in tasks.items():
+            columns = [c for c in next(iter(rows.values())) if c != "samples"]
+            lines += [f"**{split} · {task}**", "",
+                      "| tag | samples | " + " | ".join(columns) + " |",
+                      "|---|---|" + "---|" * len(columns)]
+            for tag, row in rows.items():
+                cells = [f"{row[c]:.2f}" if c == "cider_d" else f"{100 * row[c]:.1f}%" for c in columns]
+                lines.append(f"| {tag} | {row['samples']} | " + " | ".join(cells) + " |")
+            lines.append("")
+    if "autoencoder" in report:
+        ae = report["autoencoder"]
+        lines.append(f"autoencoder PSNR on the test split: images {ae.get('image_psnr', float('nan')):.1f} dB, "
+                     f"videos {ae.get('video_psnr', float('nan')):.1f} dB")
+    return "\n".join(lines)

@@ -1,0 +1,48 @@
+"""The quality table: caption rows against hand-made candidates, and one tiny end-to-end report of a random pipeline."""
+
+import json
+
+import pytest
+
+from multimodal.eval.quality import QualitySettings, caption_rows, format_quality, headline, quality_report
+
+
+def test_caption_rows_perfect_and_wrong():
+    refs = ["a large red circle", "two small green triangles", "a blue square to the left of a yellow circle"]
+    perfect = caption_rows(refs, refs)
+    assert perfect["overall"]["exact"] == 1.0 and perfect["overall"]["slot_f1"] == 1.0
+    assert perfect["overall"]["bleu4"] == pytest.approx(1.0)
+    assert set(perfect) >= {"single", "count", "relation", "overall"}
+    # a wrong size: the single row loses exact match and one of its two slots (object, object=size)
+    wrong = caption_rows(["a small red circle"] + refs[1:], refs)
+    assert wrong["single"]["exact"] == 0.0
+    assert wrong["single"]["slot_f1"] == pytest.approx(1 / 2)
+    assert wrong["count"]["exact"] == 1.0
+    assert wrong["overall"]["exact"] == pytest.approx(2 / 3)
+
+
+def test_quality_report_of_a_random_pipeline():
+    from multimodal.pipelines import TextToImagePipeline
+
+    pipe = TextToImagePipeline.from_scratch("debug", seed=0)
+    settings = QualitySettings(images=3, videos=2, steps=2, batch_size=2, autoencoder_images=2, autoencoder_videos=1)
+    report = quality_report(pipe, settings)
+    json.dumps(report)                                                  # JSON-ready
+    for split in ("test", "held-out"):
+        assert set(report["splits"][split]) == {"text_to_image", "text_to_video", "image_to_text", "video_to_text"}
+        assert report["splits"][split]["text_to_image"]["overall"]["samples"] == 3
+        assert report["splits"][split]["video_to_text"]["overall"]["samples"] == 2
+    assert report["splits"]["held-out"]["text_to_image"]["held-out"]["samples"] == 3   # every held-out sample is tagged
+    # an untrained model fails: every failure is listed with its index and failed clauses
+    assert report["splits"]["test"]["text_to_image"]["overall"]["accuracy"] == 0.0
+    assert len(report["failures"]["test"]["text_to_image"]) == 3
+    assert 0.0 < report["autoencoder"]["image_psnr"] < 20.0             # a random narrow autoencoder
+    assert "in-distribution text_to_image accuracy" in headline(report)
+    assert "| overall | 3 |" in format_quality(report)
+
+
+def test_quality_settings_reject_bad_values():
+    with pytest.raises(ValueError, match="unknown quality tasks"):
+        QualitySettings(tasks=("painting",))
+    with pytest.raises(ValueError, match="steps"):
+        QualitySettings(steps=0)
