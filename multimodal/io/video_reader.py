@@ -130,6 +130,14 @@ def count_frames(path: str | os.PathLike) -> int:
         return n
 
 
+def _ends_with_gif_trailer(path: str | os.PathLike) -> bool:
+    """A whole GIF ends with the trailer byte 0x3B (GIF89a spec, section 27); FFmpeg's GIF demuxer stops quietly at a
+    cut, and a GIF header stores no frame count, so the trailer is how a cut file is told from a short one."""
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b"\x3b"
+
+
 def _decoded_frames(path, strict: bool) -> Iterator[tuple[int, float | None, av.VideoFrame]]:
     """Yield (index, time in seconds or None, frame); raise MediaError on failure or truncation."""
     with _open(path) as (container, stream):
@@ -164,6 +172,8 @@ def _decoded_frames(path, strict: bool) -> Iterator[tuple[int, float | None, av.
             raise MediaError(path, f"the video stream has no decodable frames{said}{failed}")
         if strict and expected and n < _TRUNCATION_TOLERANCE * expected - 1:
             raise MediaError(path, f"truncated or corrupt: decoded {n} frames, the header says {expected}")
+        if strict and container.format.name == "gif" and not _ends_with_gif_trailer(path):
+            raise MediaError(path, f"truncated GIF: decoded {n} frames, then the file ends without the GIF trailer")
 
 
 def iter_frames(path: str | os.PathLike, fps: float | None = None, strict: bool = True) -> Iterator[np.ndarray]:

@@ -75,6 +75,17 @@ def test_truncated_file(tmp_path, capfd, ext, keep):
     _expect_media_error(capfd, read_video, bad, "truncated", "not a readable media file", "no decodable frames")
 
 
+def test_truncated_gif(tmp_path, capfd):
+    """A GIF stores no frame count and FFmpeg stops quietly at a cut: the missing trailer byte gives it away."""
+    good = write_video(tmp_path / "good.gif", _clip(), fps=8)
+    assert len(read_video(good)) == 17
+    data = good.read_bytes()
+    cut = tmp_path / "cut.gif"
+    cut.write_bytes(data[: int(len(data) * 0.5)])
+    _expect_media_error(capfd, read_video, cut, "truncated GIF")
+    assert 0 < len(read_video(cut, strict=False)) < 17          # a lenient read returns what decodes
+
+
 def test_truncated_faststart_mp4_is_caught_by_frame_count(tmp_path, capfd):
     """moov first: the file opens, then the stream ends early; strict reading notices the shortfall."""
     path = tmp_path / "fast.mp4"
