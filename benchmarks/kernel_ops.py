@@ -12,7 +12,9 @@ bandwidth peak is a copy measured in the same run and FLOP percentages are left 
 Sections: (1) MoE forward+backward: ours vs per-expert loop vs sorted ``torch._grouped_mm`` vs one
 dense GEMM of the same FLOPs; (2) attention prefill: CSA (indexer top-k + sparse MQA over window +
 top-k) vs dense causal SDPA; (3) a decode step at long context, GB/s vs the measured copy bandwidth;
-(4) mHC added time per block vs a plain residual add.
+(4) mHC added time per block vs a plain residual add; (5) Engram retrieval (n-gram hashing + table gather),
+forward and forward+backward, GB/s of the gathered rows vs the measured copy bandwidth: ours vs the PyTorch
+reference (hash, then ``F.embedding``), and on CUDA the reference reading a table in pinned host memory.
 
 On the CPU, "ours" runs through the Triton interpreter (this script sets ``TRITON_INTERPRET=1``
 before importing Triton): its error column is meaningful, its time is not (performance.md §2).
@@ -37,7 +39,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--small", action="store_true", help="small shapes (CPU-sized)")
     p.add_argument("--json", default=None, help="output path (default runs/benchmarks/kernels-<device>.json)")
-    p.add_argument("--only", default="moe,prefill,decode,mhc", help="comma-separated sections")
+    p.add_argument("--only", default="moe,prefill,decode,mhc,engram", help="comma-separated sections")
     p.add_argument("--repeats", type=int, default=None, help="timed repetitions on CPU (default 5)")
     return p.parse_args()
 
@@ -50,6 +52,9 @@ if ARGS is not None and (ARGS.device or ("cuda" if torch.cuda.is_available() els
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first triton import
 import torch.nn.functional as F  # noqa: E402
 
+from multimodal.backbone.engram import engram_multipliers, engram_primes  # noqa: E402
+from multimodal.config import EngramConfig  # noqa: E402
+from multimodal.kernels.engram import engram_gather, naive_engram_gather  # noqa: E402
 from multimodal.kernels.indexer import indexer_topk  # noqa: E402
 from multimodal.kernels.mhc import mhc_post, mhc_pre, naive_mhc_post, naive_mhc_pre  # noqa: E402
 from multimodal.kernels.moe import moe_ffn, naive_moe_ffn  # noqa: E402
@@ -413,6 +418,74 @@ def bench_mhc(dev, dtype, small, repeats, rows):
                              added_ms_fwd_bwd=round(2 * (fb["ms_median"] - base_fb), 4)))
 
 
+# ----------------------------------------------------------------------------------------------- Engram
+def bench_engram(dev, dtype, small, repeats, rows, copy_gbps):
+    # N = 3, K = 8, d_mem = 1024 (head_dim 64), tables of 65537+ rows per head: the EngramConfig defaults
+    N, K, d_mem, table_size = (3, 2, 64, 1009) if small else (3, 8, 1024, 65537)
+    vocab = 129280  # DeepSeek-V3/V4 vocabulary
+    cfg = EngramConfig(layers=[0], max_ngram=N, n_heads=K, table_size=table_size, d_mem=d_mem)
+    primes = torch.tensor(engram_primes(cfg)[0], device=dev)  # [N-1, K]
+    flat = primes.flatten()
+    offsets = torch.cumsum(flat, 0) - flat
+    mult = torch.from_numpy(engram_multipliers(cfg, 0, vocab)).to(dev)
+    H, Dh = (N - 1) * K, d_mem // ((N - 1) * K)
+    gen = torch.Generator(device=dev).manual_seed(4)
+    table = (torch.randn(int(flat.sum()), Dh, device=dev, generator=gen) * 0.02).to(dtype).requires_grad_()
+    for T in ((256,) if small else (1024, 16384)):
+        ids = torch.randint(0, vocab, (1, T), device=dev, generator=gen)
+        hist = torch.randint(0, vocab, (1, N - 1), device=dev, generator=gen)
+        args = (ids, hist, mult, primes, offsets, table)
+        dout = torch.randn(1, T, H * Dh, device=dev, generator=gen).to(dtype)
+        shape = f"T={T} N={N} K={K} head_dim={Dh} table_rows={table.shape[0]}"
+        bytes_ = T * H * Dh * table.element_size() * 2 + T * 8  # rows read + output written, ids read
+        with torch.no_grad():
+            ref = naive_engram_gather(*args).float()
+
+        def call(f, backward):
+            def run():
+                out = f(*args)
+                if backward:
+                    torch.autograd.grad(out, [table], dout)
+                return out
+            return run
+
+        for impl, policy, f in (("ours (fused hash + gather)", "triton", engram_gather),
+                                ("PyTorch reference (hash, then F.embedding)", "torch", naive_engram_gather)):
+            interp = policy == "triton" and dev.type == "cpu"
+            if interp:
+                impl += " (triton interpreter)"
+            for backward in (False, True):
+                try:
+                    with forced(policy):
+                        with torch.no_grad():
+                            err = (f(*args).float() - ref).abs().max().item()
+                        ms = once(call(f, backward))[1] if interp else timeit(call(f, backward), dev, repeats)
+                    note = f"pct_peak_bw vs measured copy {copy_gbps:.0f} GB/s" if not backward else ""
+                    if interp:
+                        note = "interpreter: time not meaningful"
+                    rows.append(row("engram_fwd_bwd" if backward else "engram_fwd", impl, shape, dtype, dev, ms,
+                                    bytes_=None if backward else bytes_, err=err, note=note,
+                                    peak_bw=None if backward else copy_gbps))
+                except Exception as exc:
+                    rows.append(error_row("engram_fwd_bwd" if backward else "engram_fwd", impl, shape, dtype, dev,
+                                          exc))
+        if dev.type == "cuda":  # the paper's placement: table in host DRAM, only the gathered rows cross PCIe
+            impl = "reference on a pinned host table, rows copied to the GPU"
+            try:
+                host = [t.detach().cpu() for t in args[:5]] + [table.detach().cpu().pin_memory()]
+
+                def from_host():
+                    ids_h = ids.cpu()  # the ids are known before the layer runs
+                    return naive_engram_gather(ids_h, *host[1:]).pin_memory().to(dev, non_blocking=True)
+                with torch.no_grad():
+                    err = (from_host().float() - ref).abs().max().item()
+                    ms = timeit(from_host, dev, repeats)
+                rows.append(row("engram_fwd", impl, shape, dtype, dev, ms, bytes_=bytes_, err=err,
+                                note="no side-stream overlap: upper bound of the exposed cost"))
+            except Exception as exc:
+                rows.append(error_row("engram_fwd", impl, shape, dtype, dev, exc))
+
+
 # ----------------------------------------------------------------------------------------------- main
 def main(args: argparse.Namespace) -> list[dict]:
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -430,6 +503,8 @@ def main(args: argparse.Namespace) -> list[dict]:
         bench_decode(dev, dtype, small, repeats, rows, copy_gbps)
     if "mhc" in sections:
         bench_mhc(dev, dtype, small, repeats, rows)
+    if "engram" in sections:
+        bench_engram(dev, dtype, small, repeats, rows, copy_gbps)
     out = Path(args.json or ROOT / "runs" / "benchmarks" / f"kernels-{dev.type}{'-small' if small else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(torch=torch.__version__, device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",

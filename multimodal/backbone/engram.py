@@ -15,8 +15,10 @@ Per position t, before the block's attention:
    h_m <- h_m + Y_m. Padding positions contribute u = 0.
 
 Addresses depend only on token ids, so a batch's rows can be gathered before the forward pass reaches the layer,
-from a table that lives elsewhere (e.g. host memory while the model is on a GPU): `addresses` + `fetch`, called by
-`Transformer.forward` for every Engram layer up front (`ForwardContext.engram_rows`). `off = True` forces the gate to
+from a table that lives elsewhere (e.g. host memory while the model is on a GPU): `lookup`, called by
+`Transformer.forward` for every Engram layer up front (`ForwardContext.engram_rows`), hashes and gathers in one op,
+`multimodal.kernels.engram_gather` (a fused Triton kernel on CUDA, the PyTorch reference elsewhere). `addresses` and
+`fetch` are the same two steps apart, for inspecting the rows. `off = True` forces the gate to
 0, which makes Y exactly 0: the block then computes exactly what it computes without Engram.
 """
 
@@ -158,6 +160,22 @@ class Engram(nn.Module):
         idx = hash_ngrams(ids, history, self.multipliers.to(ids.device), self.primes.to(ids.device))
         return idx + self.offsets.to(ids.device)
 
+    def lookup(self, token_ids: torch.Tensor, state: EngramState | None = None,
+               device: torch.device | None = None) -> torch.Tensor:
+        """token_ids [B, S] -> e [B, S, d_mem] on `device`: `fetch(addresses(...))` as one op on the table's device."""
+        from ..kernels.engram import engram_gather                                   # imports Triton: lazily
+
+        where = self.table.weight.device
+        compress = self.compress.to(where)
+        ids = compress[token_ids.to(where)]                                           # [B, S]
+        if state is not None and state.ids is not None:
+            history = state.ids.to(where)                                            # [B, N-1]
+        else:
+            history = compress[torch.full((ids.shape[0], self.n_max - 1), self.pad_id, device=where)]
+        e = engram_gather(ids, history, self.multipliers.to(where), self.primes.to(where), self.offsets.to(where),
+                          self.table.weight)                                         # [B, S, d_mem]
+        return e.to(device, non_blocking=True) if device is not None else e
+
     def fetch(self, rows: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
         """Gather rows [B, S, (N-1)K] from the table wherever it lives -> e [B, S, d_mem] on `device`."""
         e = self.table(rows.to(self.table.weight.device)).flatten(-2)                 # [B, S, d_mem]
@@ -171,7 +189,7 @@ class Engram(nn.Module):
         else:
             if ctx.routing_ids is None:
                 raise ValueError(f"Engram layer {self.layer} needs token ids (pass input_ids or routing_ids)")
-            e = self.fetch(self.addresses(ctx.routing_ids, est), x.device).to(x.dtype)
+            e = self.lookup(ctx.routing_ids, est, x.device).to(x.dtype)
         if est is not None and ctx.routing_ids is not None:
             keep = self.n_max - 1
             new = self.compress.to(ctx.routing_ids.device)[ctx.routing_ids]

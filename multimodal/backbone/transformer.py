@@ -188,7 +188,7 @@ class Transformer(nn.Module):
         for i in self.config.engram.layers:
             engram = self.layers[i].engram
             state = cache.layers[i].engram if cache is not None else None
-            rows[i] = engram.fetch(engram.addresses(token_ids, state), device)
+            rows[i] = engram.lookup(token_ids, state, device)
         return rows
 
     def new_cache(self) -> BackboneCache:
