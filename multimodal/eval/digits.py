@@ -1,7 +1,7 @@
 """The scorer's digit classifier: a small CNN over 16×16 glyph crops, trained on the training glyphs.
 
 Training data comes from the world itself: every training glyph (sklearn index % 5 != 0) is drawn by
-the world's renderer at both sizes in several colours, then cut out by the scene parser exactly as a
+the world's renderer at both sizes in all eight colours, then cut out by the scene parser exactly as a
 generated image would be (``multimodal.eval.scene.digit_crop``). Three quarters of the frames also go
 through an H.264 round trip, so the classifier has seen codec artefacts. Training is seeded, single-threaded and
 takes well under a minute on one CPU core; the result ships as ``multimodal/assets/digit_classifier.safetensors``.
@@ -42,7 +42,7 @@ class DigitTrainingConfig:
     epochs: int = 20
     batch_size: int = 128
     lr: float = 3e-3
-    colours_per_glyph: int = 4
+    colours_per_glyph: int = 8                # every glyph in every colour (magenta glyphs suffer most from yuv420p)
     mp4_fraction: float = 0.75
     width: int = 16
 
