@@ -25,6 +25,7 @@ from .data.render import render_sample
 from .data.world import WorldSample, sample_image, sample_video
 from .eval.captions import parse_caption
 from .eval.metrics import score_captions
+from .eval.quality import QualitySettings, quality_report
 from .eval.scene import parse_frames
 from .eval.scorer import score_frames
 
@@ -57,7 +58,8 @@ __all__ = [
     "write_image",
     # world and scorer
     "WorldDataConfig", "WorldDataset", "WorldSample", "collate_world", "parse_caption", "parse_frames",
-    "render_sample", "sample_image", "sample_video", "score_captions", "score_frames",
+    "render_sample", "sample_image", "sample_video", "score_captions", "score_frames", "QualitySettings",
+    "quality_report",
     # unified model, heads, pipelines
     "UnifiedModel", "ModelConfig", "Segment", "model_preset", "FlowHeadConfig", "GenerationConfig",
     "TextToImagePipeline", "TextToVideoPipeline", "VideoCaptionPipeline", "ImageCaptionPipeline",

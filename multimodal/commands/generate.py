@@ -4,7 +4,7 @@
     multimodal generate-video "a small blue square moves left" -o out.mp4 --num 2     # out-0.mp4, out-1.mp4
     multimodal generate-text "a red" --max-new-tokens 16
 
-`--model` takes a saved pipeline folder or a built-in model name (default: the built-in model, once it ships).
+`--model` takes a saved pipeline folder or a built-in model name (default: the built-in model `shapes`, shipped inside the package).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from multimodal.pipelines import (ImageCaptionPipeline, ModelNotFoundError, TextGenerationPipeline,
+from multimodal.pipelines import (BUILTIN_MODELS, ImageCaptionPipeline, ModelNotFoundError, TextGenerationPipeline,
                                   TextToImagePipeline, TextToVideoPipeline, VideoCaptionPipeline)
 
 
@@ -58,11 +58,12 @@ def test_to_dtype_keeps_precision_sensitive_parts_in_fp32(tmp_path, pipe):
     assert half.to("cpu") is half and half.device.type == "cpu"
 
 
-def test_unknown_names_and_folders_fail_in_one_line(tmp_path):
+def test_unknown_names_and_folders_fail_in_one_line(tmp_path, monkeypatch):
     with pytest.raises(ModelNotFoundError, match="unknown model 'nope'") as err:
         TextToImagePipeline.from_pretrained("nope")
     assert "\n" not in str(err.value)
+    monkeypatch.setitem(BUILTIN_MODELS, "unshipped", "no-such-folder")     # a built-in name whose weights are absent
     with pytest.raises(ModelNotFoundError, match="not available in this installation yet"):
-        TextToImagePipeline.from_pretrained("shapes")
+        TextToImagePipeline.from_pretrained("unshipped")
     with pytest.raises(ModelNotFoundError, match="no model_index.json"):
         TextToImagePipeline.from_pretrained(tmp_path)
