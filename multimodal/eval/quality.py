@@ -9,8 +9,8 @@ WORLD.md), the `i`-th sample is `sample_image(split_seed(split, i))` / `sample_v
 
 | task            | input                          | measured                                                                |
 |-----------------|--------------------------------|-------------------------------------------------------------------------|
-| `text_to_image` | the sample's caption           | `accuracy`: the generated image passes every clause (`score_frames`)    |
-| `text_to_video` | the sample's caption           | `accuracy`: every object, colour, shape, size and motion clause holds   |
+| `text_to_image` | the sample's caption           | `accuracy`: the generated image passes every clause (`score_frames`); `count_ok`: it holds the right number of objects (the first clause the scorer checks) |
+| `text_to_video` | the sample's caption           | `accuracy`: every object, colour, shape, size and motion clause holds; `count_ok`: every frame holds the right number of objects |
 | `image_to_text` | the rendered image             | exact match, slot P / R / F1, BLEU-4, CIDEr-D of the greedy caption     |
 | `video_to_text` | the rendered 17-frame clip     | the same for clips                                                      |
 
@@ -37,6 +37,7 @@ from .report import tag_rows
 from .scorer import score_frames
 
 TASKS = ("text_to_image", "text_to_video", "image_to_text", "video_to_text")
+UNCOUNTED = {"count", "grammar", "frames", "file"}     # failed clauses that leave the object count wrong or unchecked
 
 
 @dataclass
@@ -113,7 +114,8 @@ def generation_rows(pipe: Any, kind: str, captions: list[str], settings: Quality
         media = np.clip(np.rint(media * 255.0), 0, 255).astype(np.uint8)
         for i, frames in zip(idx, media):
             scores.append(score_frames(captions[i], frames[None] if kind == "image" else frames))
-    rows = tag_rows([s.tags for s in scores], {"accuracy": [float(s.passed) for s in scores]})
+    rows = tag_rows([s.tags for s in scores], {"accuracy": [float(s.passed) for s in scores],
+                                               "count_ok": [float(not UNCOUNTED & set(s.failed)) for s in scores]})
     failures = [{"index": i, **s.to_dict()} for i, s in enumerate(scores) if not s.passed]
     return rows, failures
 

@@ -7,7 +7,8 @@ reproduced by `multimodal train --config <out>/train_config.json`.
 Task weights (`tasks`) are relative sampling probabilities of the tasks in `TASK_NAMES`;
 each micro-batch is one task, chosen by a seeded draw (see `TaskMix`), and every micro-batch counts equally in its
 update. `text` alone trains the backbone as a language model; any other task trains the unified model
-(`multimodal.model.UnifiedModel`) with the frozen autoencoder. The mix of the `mix-debug` / `mix-tiny` presets:
+(`multimodal.model.UnifiedModel`) with the frozen autoencoder. The mix of the `mix-debug` / `mix-tiny` / `shapes-demo`
+presets:
 
 | task            | weight | why                                                                               |
 |-----------------|--------|-----------------------------------------------------------------------------------|
