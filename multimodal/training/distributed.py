@@ -154,7 +154,12 @@ def _check_world_size(store: dist.Store, rank: int, world_size: int, timeout: ti
                                    f"expected {world_size} ranks (check --nnodes / --nproc-per-node on every "
                                    f"node)") from exc
         theirs = int(store.get(key))
+        if rank != 0:
+            store.set(f"world_read/{rank}", "1")        # rank 0 may now leave: this rank has what it needs
         if theirs != world_size:
+            if rank == 0:   # rank 0 usually hosts the store: wait until the peer has read rank 0's size too, so it
+                with contextlib.suppress(RuntimeError, dist.DistStoreError):   # reports the mismatch, not a reset
+                    store.wait([f"world_read/{peer}"], min(timeout, timedelta(seconds=30)))
             raise DistributedError(f"mismatched world sizes: rank {rank} was started with WORLD_SIZE={world_size} "
                                    f"but rank {peer} with WORLD_SIZE={theirs}; launch every node with the same "
                                    f"--nnodes and --nproc-per-node")
