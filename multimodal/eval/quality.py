@@ -31,9 +31,8 @@ import torch
 
 from ..data.render import render_sample
 from ..data.world import sample_image, sample_video, split_seed
-from .captions import caption_tags
-from .metrics import bleu, cider_d, exact_match, slot_scores
-from .report import tag_rows
+from .metrics import exact_match
+from .report import caption_table, tag_rows
 from .scorer import score_frames
 
 TASKS = ("text_to_image", "text_to_video", "image_to_text", "video_to_text")
@@ -120,22 +119,6 @@ def generation_rows(pipe: Any, kind: str, captions: list[str], settings: Quality
     return rows, failures
 
 
-def caption_rows(candidates: list[str], references: list[str]) -> dict:
-    """Per-tag exact match, slot P / R / F1 (means) and corpus BLEU-4 / CIDEr-D of each tag's subset."""
-    values: dict[str, list[float]] = {k: [] for k in ("exact", "slot_precision", "slot_recall", "slot_f1")}
-    for cand, ref in zip(candidates, references):
-        p, r, f = slot_scores(cand, ref)
-        for name, v in zip(values, (exact_match(cand, ref), p, r, f)):
-            values[name].append(float(v))
-    tags = [caption_tags(ref) for ref in references]
-    table = tag_rows(tags, values)
-    for tag, row in table.items():
-        idx = [i for i, t in enumerate(tags) if tag == "overall" or tag in t]
-        sub_c, sub_r = [candidates[i] for i in idx], [[references[i]] for i in idx]
-        row["bleu4"], row["cider_d"] = bleu(sub_c, sub_r), cider_d(sub_c, sub_r)
-    return table
-
-
 @torch.no_grad()
 def captioning(pipe: Any, kind: str, samples: list, settings: QualitySettings) -> tuple[dict, list[dict]]:
     """Greedy captions of rendered images / clips against their captions -> (per-tag rows, wrong captions)."""
@@ -147,7 +130,7 @@ def captioning(pipe: Any, kind: str, samples: list, settings: QualitySettings) -
     references = [s.caption for s in samples]
     wrong = [{"index": i, "caption": c, "reference": r} for i, (c, r) in enumerate(zip(candidates, references))
              if not exact_match(c, r)]
-    return caption_rows(candidates, references), wrong
+    return caption_table(candidates, references), wrong
 
 
 def quality_report(source: Any = "shapes", settings: QualitySettings | None = None,

@@ -86,6 +86,25 @@ def evaluate_media(folder: str | os.PathLike, prompts: str | os.PathLike | None 
     return report
 
 
+def caption_table(candidates: list[str], references: list[str], extra: dict[str, list[float]] | None = None) -> dict:
+    """Per-tag rows (tags of the reference) of exact match, slot P / R / F1 and any `extra` per-caption values
+    (means), plus corpus BLEU-4 and CIDEr-D over each tag's subset (IDF from that subset)."""
+    values: dict[str, list[float]] = {k: [] for k in ("exact", "slot_precision", "slot_recall", "slot_f1")}
+    for cand, ref in zip(candidates, references):
+        p, r, f = slot_scores(cand, ref)
+        for name, v in zip(values, (exact_match(cand, ref), p, r, f)):
+            values[name].append(float(v))
+    values.update(extra or {})
+    tags = [caption_tags(ref) for ref in references]
+    table = tag_rows(tags, values)
+    for tag, row in table.items():
+        idx = [i for i, t in enumerate(tags) if tag == "overall" or tag in t]
+        sub_c, sub_r = [candidates[i] for i in idx], [[references[i]] for i in idx]
+        row["bleu4"] = bleu(sub_c, sub_r)
+        row["cider_d"] = cider_d(sub_c, sub_r)
+    return table
+
+
 def evaluate_captions(
     generated: str | os.PathLike,
     folder: str | os.PathLike,
@@ -96,8 +115,7 @@ def evaluate_captions(
     folder = Path(folder)
     refs = {row["file"]: str(row["caption"]) for row in _rows(Path(references) if references else folder / CAPTIONS_FILE)}
     rows = _rows(Path(generated))
-    cands, golds, tags = [], [], []
-    values: dict[str, list[float]] = {k: [] for k in ("exact", "slot_precision", "slot_recall", "slot_f1", "grounded")}
+    cands, golds, grounded = [], [], []
     missing = []
     for row in rows:
         cand = row["caption"] if isinstance(row["caption"], str) else ""
@@ -108,21 +126,12 @@ def evaluate_captions(
                 on_error(message)
             missing.append(row["file"])
             continue
-        p, r, f = slot_scores(cand, gold)
-        grounded = score_file(folder / row["file"], cand, on_error).passed
-        for name, v in zip(values, (exact_match(cand, gold), p, r, f, grounded)):
-            values[name].append(float(v))
+        grounded.append(float(score_file(folder / row["file"], cand, on_error).passed))
         cands.append(cand)
         golds.append(gold)
-        tags.append(caption_tags(gold))
     if not cands:
         raise MediaError(generated, f"none of its {len(rows)} captions has a reference in {folder}")
-    table = tag_rows(tags, values)
-    for tag, row in table.items():  # corpus metrics over each tag's subset (IDF from that subset)
-        idx = [i for i, t in enumerate(tags) if tag == "overall" or tag in t]
-        sub_c, sub_r = [cands[i] for i in idx], [[golds[i]] for i in idx]
-        row["bleu4"] = bleu(sub_c, sub_r)
-        row["cider_d"] = cider_d(sub_c, sub_r)
+    table = caption_table(cands, golds, {"grounded": grounded})
     return {"mode": "captions", "folder": str(folder), "generated": str(generated), "tags": table, "missing_references": missing}
 
 

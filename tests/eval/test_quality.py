@@ -4,17 +4,18 @@ import json
 
 import pytest
 
-from multimodal.eval.quality import QualitySettings, caption_rows, format_quality, headline, quality_report
+from multimodal.eval.quality import QualitySettings, format_quality, headline, quality_report
+from multimodal.eval.report import caption_table
 
 
 def test_caption_rows_perfect_and_wrong():
     refs = ["a large red circle", "two small green triangles", "a blue square to the left of a yellow circle"]
-    perfect = caption_rows(refs, refs)
+    perfect = caption_table(refs, refs)
     assert perfect["overall"]["exact"] == 1.0 and perfect["overall"]["slot_f1"] == 1.0
     assert perfect["overall"]["bleu4"] == pytest.approx(1.0)
     assert set(perfect) >= {"single", "count", "relation", "overall"}
     # a wrong size: the single row loses exact match and one of its two slots (object, object=size)
-    wrong = caption_rows(["a small red circle"] + refs[1:], refs)
+    wrong = caption_table(["a small red circle"] + refs[1:], refs)
     assert wrong["single"]["exact"] == 0.0
     assert wrong["single"]["slot_f1"] == pytest.approx(1 / 2)
     assert wrong["count"]["exact"] == 1.0
