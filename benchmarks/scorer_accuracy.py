@@ -12,23 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from multimodal.data.files import read_video, write_mp4
+from multimodal.data.files import mp4_round_trip
 from multimodal.data.render import render_sample
 from multimodal.data.world import sample_image, sample_video, split_seed
 from multimodal.eval.scorer import score_frames
-
-
-def round_trip(frames: np.ndarray) -> np.ndarray:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "clip.mp4"
-        write_mp4(path, frames)
-        return read_video(path)
 
 
 def score(samples: list, frames: list[np.ndarray]) -> dict:
@@ -52,13 +44,13 @@ def main() -> None:
     for split in args.splits:
         images = [sample_image(split_seed(split, i)) for i in range(args.images)]
         rendered = np.concatenate([render_sample(s) for s in images])                  # (N, 64, 64, 3)
-        coded = round_trip(rendered) if len(rendered) else rendered
+        coded = mp4_round_trip(rendered) if len(rendered) else rendered
         videos = [sample_video(split_seed(split, i)) for i in range(args.videos)]
         clips = [render_sample(s) for s in videos]
         rows = {"images": score(images, [f[None] for f in rendered]),
                 "images_mp4": score(images, [f[None] for f in coded]),
                 "videos": score(videos, clips),
-                "videos_mp4": score(videos, [round_trip(c) for c in clips])}
+                "videos_mp4": score(videos, [mp4_round_trip(c) for c in clips])}
         report["splits"][split] = rows
         print(f"{split:<9}" + "".join(f"  {k} {100 * v['accuracy']:.1f}%" for k, v in rows.items()), flush=True)
     report["seconds"] = time.perf_counter() - start

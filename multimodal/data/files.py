@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".gif")
 
 __all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "MediaError", "read_image", "read_video", "read_media", "write_png",
-           "write_mp4", "write_media", "read_jsonl", "write_jsonl"]
+           "write_mp4", "write_media", "mp4_round_trip", "read_jsonl", "write_jsonl"]
 
 
 def write_png(path: str | os.PathLike, frame: np.ndarray) -> None:
@@ -43,6 +44,14 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int = 8, crf: in
     if h % 2 or w % 2:
         raise MediaError(path, f"yuv420p needs even frame sizes, got {w}x{h}")
     write_video(path, frames, fps=fps, options={"crf": str(crf)})
+
+
+def mp4_round_trip(frames: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames as they come back from an H.264 yuv420p mp4 (``write_mp4`` then ``read_video``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "clip.mp4")
+        write_mp4(path, frames)
+        return read_video(path)
 
 
 def read_video(path: str | os.PathLike) -> np.ndarray:

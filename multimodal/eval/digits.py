@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from multimodal.data.files import mp4_round_trip
 from multimodal.data.glyphs import glyph_labels, split_glyph_indices
 from multimodal.data.render import draw_object
 from multimodal.data.world import COLOURS, FRAME_SIZE, SIZES, WorldObject
@@ -131,15 +131,6 @@ def default_classifier() -> DigitClassifier:
     return DigitClassifier.load(DEFAULT_WEIGHTS)
 
 
-def _mp4_round_trip(frames: np.ndarray) -> np.ndarray:
-    from multimodal.data.files import read_video, write_mp4
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "glyphs.mp4")
-        write_mp4(path, frames)
-        return read_video(path)
-
-
 def glyph_crops(test: bool, colours_per_glyph: int = 4, mp4_fraction: float = 0.75, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Crops of the training (``test=False``) or test glyphs as the scene parser cuts them out.
 
@@ -164,7 +155,7 @@ def glyph_crops(test: bool, colours_per_glyph: int = 4, mp4_fraction: float = 0.
     frames_arr = np.stack(frames)
     coded = rng.random(len(frames_arr)) < mp4_fraction
     if coded.any():
-        frames_arr[coded] = _mp4_round_trip(frames_arr[coded])
+        frames_arr[coded] = mp4_round_trip(frames_arr[coded])
     crops, kept = [], []
     for frame, digit in zip(frames_arr, targets):
         blobs = [b for b in segment_frame(frame) if b.crop is not None]
