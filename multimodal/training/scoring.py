@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from .media_tasks import MEDIA_TASKS, encode_latents
@@ -58,24 +57,15 @@ def generation_pipeline(trainer: "Trainer", kind: str):
 
 def generation_accuracy(trainer: "Trainer") -> dict[str, float]:
     """Fraction of validation captions whose generated image / video passes the world's scorer."""
-    from ..eval.scorer import score_frames
+    from ..eval.quality import QualitySettings, generation_rows
 
     cfg = trainer.config
+    settings = QualitySettings(steps=cfg.score_steps, guidance=cfg.score_guidance, seed=0, batch_size=1)
     results: dict[str, float] = {}
     for name, kind in _scored(trainer, "generate"):
-        items = validation_items(trainer.val_data[kind], False, cfg.score_samples, 0)    # captions
-        pipe = generation_pipeline(trainer, kind)
-        passed = 0
-        for i, caption in enumerate(items):
-            gen = torch.Generator(device=trainer.device).manual_seed(i)
-            out = pipe(caption, num_inference_steps=cfg.score_steps, guidance_scale=cfg.score_guidance,
-                       generator=gen, output_type="np")
-            media = out.images if kind == "image" else out.frames
-            frames = np.asarray(media[0])
-            frames = frames[None] if kind == "image" else frames                        # (T, H, W, 3)
-            frames = np.clip(np.rint(frames * 255.0), 0, 255).astype(np.uint8)
-            passed += bool(score_frames(caption, frames).passed)
-        results[f"accuracy/{name}"] = passed / len(items)
+        captions = validation_items(trainer.val_data[kind], False, cfg.score_samples, 0)
+        rows, _ = generation_rows(generation_pipeline(trainer, kind), kind, captions, settings)
+        results[f"accuracy/{name}"] = rows["overall"]["accuracy"]
     return results
 
 
