@@ -23,6 +23,7 @@ from typing import Any
 
 import diffusers
 import torch
+from torch import nn
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
@@ -38,6 +39,15 @@ BUILTIN_MODELS = {"shapes": "shapes-demo"}      # name -> folder under multimoda
 DEFAULT_MODEL = "shapes"
 _KEEP_FP32 = ("inv_freq", "hc_attn.", "hc_ffn.", "hc_head.", "attn_sink", ".ape", "gate.bias", "latent_mean",
               "latent_std")
+
+
+def cast_keeping_fp32(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast `module`'s floating parameters and buffers to `dtype` in place, except the `_KEEP_FP32` ones (mHC
+    mixing, attention sinks, router biases, rotary tables, latent statistics), which stay as they are."""
+    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+        if t.is_floating_point() and not any(k in name for k in _KEEP_FP32):
+            t.data = t.data.to(dtype)
+    return module
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -118,9 +128,7 @@ class MultimodalPipeline(DiffusionPipeline):
             if device is not None:
                 module.to(device)
             if dtype is not None:
-                for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-                    if t.is_floating_point() and not any(k in name for k in _KEEP_FP32):
-                        t.data = t.data.to(dtype)
+                cast_keeping_fp32(module, dtype)
         return self
 
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
