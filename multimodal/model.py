@@ -352,15 +352,21 @@ class UnifiedModel(nn.Module):
 
     # --------------------------------------------------------------------------------------------------- training
     def generation_loss(self, prompts: Sequence[Sequence[int]], latents: torch.Tensor, kind: str,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
+                        generator: torch.Generator | None = None, repeats: int = 1) -> torch.Tensor:
         """Flow-matching loss of the `kind` head on normalised latents [B, C, T', h, w] given prompt ids.
 
         Each prompt is replaced by the empty prompt with probability `condition_dropout`, so the head also learns the
-        unconditional velocity that classifier-free guidance needs."""
+        unconditional velocity that classifier-free guidance needs. `repeats` > 1 runs the backbone once per prompt and
+        the head on `repeats` noise levels and noises of each latent (rows [B * repeats], sample-major): more of the
+        head's signal per backbone pass; the loss is the mean over all rows, and `repeats=1` is the plain loss."""
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
         where = generator.device if generator is not None else torch.device("cpu")
         drop = torch.rand(len(prompts), generator=generator, device=where) < self.config.condition_dropout
         prompts = [[] if d else list(p) for p, d in zip(prompts, drop.tolist())]
-        cond = self.encode_prompts(prompts, kind)
+        cond = self.encode_prompts(prompts, kind)                                       # [B, Nq, dim]
+        if repeats > 1:
+            cond, latents = cond.repeat_interleave(repeats, 0), latents.repeat_interleave(repeats, 0)
         return flow_matching_loss(self.head(kind), latents, cond, generator=generator)
 
     def caption_loss(self, latents: Sequence[torch.Tensor], kind: str, captions: Sequence[Sequence[int]]) -> torch.Tensor:

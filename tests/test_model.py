@@ -127,6 +127,23 @@ def test_generation_loss_uses_empty_prompt_when_dropped(model):
     torch.testing.assert_close(loss, expected)
 
 
+def test_generation_loss_repeats_reuse_one_backbone_pass(model):
+    """repeats=K: the conditions of one backbone pass, each repeated K times (sample-major), against K noise draws;
+    repeats=1 is the plain loss."""
+    x0 = torch.randn(2, 16, 1, 8, 8)
+    prompts = [[60, 61], [62]]
+    plain = model.generation_loss(prompts, x0, "image", torch.Generator().manual_seed(3))
+    assert torch.equal(plain, model.generation_loss(prompts, x0, "image", torch.Generator().manual_seed(3), repeats=1))
+    loss = model.generation_loss(prompts, x0, "image", torch.Generator().manual_seed(3), repeats=3)
+    g = torch.Generator().manual_seed(3)
+    drop = (torch.rand(2, generator=g) < model.config.condition_dropout).tolist()
+    cond = model.encode_prompts([[] if d else p for p, d in zip(prompts, drop)], "image").repeat_interleave(3, 0)
+    expected = flow_matching_loss(model.image_head, x0.repeat_interleave(3, 0), cond, generator=g)
+    torch.testing.assert_close(loss, expected)
+    with pytest.raises(ValueError, match="repeats"):
+        model.generation_loss(prompts, x0, "image", repeats=0)
+
+
 def test_caption_loss_trains(model):
     torch.manual_seed(0)
     m = UnifiedModel(model_preset("debug"))

@@ -54,6 +54,9 @@ class TrainConfig:
     micro_batch_size: int = 8
     grad_accum: int = 1
     train_samples: int = 100_000               # world samples in the training stream (one epoch)
+    latent_cache: int = 0                      # media runs: encode the first N image / video training items once,
+                                               # before training, and train on those latents (0: encode every batch)
+    flow_repeats: int = 1                      # generation tasks: head passes (noise draws) per backbone pass
     # optimisation
     optimizer: str = "adamw"                   # "adamw", or "muon" (Muon on 2-D hidden matrices, AdamW on the rest)
     lr: float = 3e-3
@@ -66,6 +69,7 @@ class TrainConfig:
     grad_clip: float = 1.0                     # max global L2 norm; 0 disables clipping
     mtp_weight: float = 0.3                    # weight of the multi-token-prediction loss (DeepSeek-V3 lambda)
     router_bias_update: bool = True            # aux-loss-free balancing of MoE routers after each update
+    ema_decay: float = 0.0                     # > 0: keep an EMA of the weights; evaluation and export use it
     precision: str = "auto"                    # "auto" = bf16 autocast on CUDA with bf16 support, else fp32
     seed: int = 0
     # bookkeeping
@@ -88,7 +92,9 @@ class TrainConfig:
         for name in ("vocab_size", "seq_len", "micro_batch_size", "grad_accum", "train_samples", "max_steps",
                      "eval_batches", "keep_checkpoints"):
             _check(int(getattr(self, name)) > 0, f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("warmup_steps", "log_every", "eval_every", "save_every", "score_samples"):
+        _check(int(self.flow_repeats) >= 1, f"flow_repeats must be >= 1, got {self.flow_repeats}")
+        _check(0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        for name in ("warmup_steps", "log_every", "eval_every", "save_every", "score_samples", "latent_cache"):
             _check(int(getattr(self, name)) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _check(self.seq_len >= 4, f"seq_len must be >= 4, got {self.seq_len}")
         _check(self.vocab_size >= 265, f"vocab_size must be >= 265 (256 bytes + 9 specials), got {self.vocab_size}")

@@ -100,6 +100,9 @@ class DistributedTrainer(Trainer):
         if media:
             raise ValueError(f"distributed training covers the text tasks; the unified model's media tasks {media} "
                              f"run in one process for now (python -m multimodal train without torchrun/--ep)")
+        if config.ema_decay > 0:
+            raise ValueError(f"ema_decay ({config.ema_decay}) is not supported by distributed training yet (the EMA "
+                             f"would need sharding like the weights); set it to 0, or train in one process")
         self.parallel = parallel or ParallelConfig()
         self.ctx = ctx or init_distributed(self.parallel)
         w = self.ctx.world_size

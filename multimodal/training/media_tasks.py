@@ -12,7 +12,8 @@ trained separately (`multimodal train autoencoder`) and never updated here.
 | `image_to_text` | image + caption | `UnifiedModel.caption_loss`: next-token cross-entropy of `caption <eos>` after `<bos> <begin_image> visual <end_image>` |
 | `video_to_text` | video + caption | the same after the video's tokens                                             |
 
-The randomness of the generation loss (condition dropout, noise, noise levels) comes from torch's global
+With `TrainConfig.latent_cache`, the image and video items come from `latent_cache.LatentDataset` and already hold
+their latents, so training never runs the encoder. The randomness of the generation loss (condition dropout, noise, noise levels) comes from torch's global
 generator, which checkpoints store and restore, so resume stays exact.
 """
 
@@ -47,6 +48,7 @@ class MediaTask:
     autoencoder: nn.Module
     name: str
     seq_len: int = 64
+    flow_repeats: int = 1                # generation: head evaluations (noise draws) per backbone pass
     needs_pixels: bool = True
 
     def __post_init__(self) -> None:
@@ -60,22 +62,28 @@ class MediaTask:
         return self.kind
 
     def collate(self, items: Sequence[dict], device: torch.device) -> dict[str, Any]:
-        """Stack pixels (clips cut to the shortest 1 + 4k length in the batch) and tokenise captions (no
-        specials; at most `seq_len` tokens)."""
-        frames = min(int(item["pixels"].shape[1]) for item in items)
-        pixels = torch.stack([item["pixels"][:, :frames] for item in items]).to(device)     # [B, 3, T, H, W]
+        """Stack pixels (clips cut to the shortest 1 + 4k length in the batch), or the latents of items from a
+        `latent_cache.LatentDataset` (cut to the shortest 1 + k latent frames, the same thing for a causal
+        autoencoder), and tokenise captions (no specials; at most `seq_len` tokens)."""
         ids = [self.tokenizer.encode(item["caption"])[: self.seq_len] for item in items]
-        return {"pixels": pixels, "caption_ids": ids}
+        key = "latents" if "latents" in items[0] else "pixels"
+        frames = min(int(item[key].shape[1]) for item in items)
+        stacked = torch.stack([item[key][:, :frames] for item in items]).to(device)        # [B, C, T, H, W]
+        return {key: stacked, "caption_ids": ids}
 
     def weight(self, batch: dict[str, Any]) -> float:
         """Samples in the batch."""
         return float(len(batch["caption_ids"]))
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        latents = encode_latents(self.autoencoder, batch["pixels"])                    # [B, C, T', h, w]
+        if "latents" in batch:
+            latents = batch["latents"].float()                                          # [B, C, T', h, w]
+        else:
+            with torch.autocast(batch["pixels"].device.type, enabled=False):           # the frozen encoder in fp32
+                latents = encode_latents(self.autoencoder, batch["pixels"])
         ids = batch["caption_ids"]
         if self.mode == "generate":
-            loss = model.generation_loss(ids, latents.to(model.dtype), self.kind)
+            loss = model.generation_loss(ids, latents.to(model.dtype), self.kind, repeats=self.flow_repeats)
             tokens = 0.0
         else:
             loss = model.caption_loss(list(latents.to(model.dtype)), self.kind, ids)

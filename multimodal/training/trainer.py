@@ -15,7 +15,11 @@ Output folder `out`:
     checkpoints/        training state (see `checkpoint`), the newest `keep_checkpoints` of them
     model/              the final weights for inference (`convert.checkpoint.save_pretrained` + tokenizer.json)
 
-Exact resume: a checkpoint holds the weights and buffers, the optimizer state, the schedule step, each task's
+Options of the media runs: `latent_cache` trains on latents encoded once before the first update
+(`latent_cache`), `flow_repeats` draws several noise levels per backbone pass, `ema_decay` keeps an exponential
+moving average of the weights (`ema`), which evaluation and export use.
+
+Exact resume: a checkpoint holds the weights and buffers (and the EMA shadows), the optimizer state, the schedule step, each task's
 data position and every RNG; the task of each micro-batch is a pure function of (seed, step, micro); evaluation
 runs on its own data and RNG. A run killed at any instant and resumed therefore logs the same losses as one never
 interrupted: bit for bit on a CPU with the same thread count (tested with SIGKILL on a real subprocess); on CUDA up
@@ -47,6 +51,7 @@ from ..config import BackboneConfig, preset
 from .balance import LoadTracker
 from .checkpoint import latest_checkpoint, load_checkpoint, restore_rng, rng_of, save_checkpoint
 from .config import TrainConfig
+from .ema import EMA
 from .metrics import MetricsLog, plot_metrics, read_metrics
 from .optimizer import build_optimizer
 from .schedule import WarmupCosine
@@ -59,6 +64,7 @@ Evaluator = Callable[["Trainer"], dict[str, float]]
 RESUMABLE_FIELDS = ("max_time", "device", "progress", "log_every", "eval_every", "eval_batches", "save_every",
                     "keep_checkpoints", "score_samples", "score_steps", "score_guidance")
 TOKENIZER_CORPUS = 5000          # captions the BPE is trained on
+EMA_PREFIX = "ema/"              # checkpoint keys of the EMA shadows (parameter names never hold a "/")
 
 
 def seed_everything(seed: int) -> None:
@@ -189,6 +195,20 @@ class Trainer:
                  for name in ("image_head", "video_head")}
         return config.replace(backbone=self.backbone_config(), latent_channels=channels, **heads)
 
+    def cache_latents(self) -> None:
+        """With `latent_cache = N`: the image and video training data of the media tasks become their first N items'
+        latents, encoded once by the frozen autoencoder (`latent_cache.cached_latents`, kept in `out/latents/`)."""
+        from .latent_cache import LatentDataset, cached_latents
+        from .media_tasks import MEDIA_TASKS
+        kinds = sorted({MEDIA_TASKS[n][0] for n, w in self.config.tasks.items() if w > 0 and n in MEDIA_TASKS})
+        for kind in kinds:
+            data = self.train_data.get(kind)
+            if data is None or isinstance(data, LatentDataset):
+                continue
+            self.train_data[kind] = cached_latents(self.out / "latents" / f"{kind}.safetensors", self.autoencoder,
+                                                   data, self.config.latent_cache, log=self.log,
+                                                   write=self.is_main_process())
+
     def build_autoencoder(self) -> nn.Module | None:
         """The frozen autoencoder of the media tasks (None for text-only runs)."""
         if not self.trains_media:
@@ -226,7 +246,7 @@ class Trainer:
             else:
                 from .media_tasks import MediaTask
                 tasks[name] = MediaTask(tokenizer=self.tokenizer, autoencoder=self.autoencoder, name=name,
-                                        seq_len=cfg.seq_len)
+                                        seq_len=cfg.seq_len, flow_repeats=cfg.flow_repeats)
             if tasks[name].data_kind not in self.train_data:
                 raise ValueError(f"task {name} needs {tasks[name].data_kind} items, and {cfg.data} has none")
         return tasks
@@ -252,8 +272,11 @@ class Trainer:
         self.train_data, self.val_data = self.build_datasets()
         self.tokenizer = self.build_tokenizer(self.train_data.get("mixed") or next(iter(self.train_data.values())))
         self.autoencoder = self.build_autoencoder()
+        if cfg.latent_cache and self.trains_media:
+            self.cache_latents()
         self.model = self.wrap_model(self.build_model())
         self.optimizer = self.build_optimizer(self.model)
+        self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.schedule = WarmupCosine(cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
         self.tasks = self.build_tasks()
         self.mix = TaskMix({n: cfg.tasks[n] for n in self.tasks}, cfg.seed)
@@ -292,14 +315,22 @@ class Trainer:
         state = {"schedule": self.schedule.state_dict(),
                  "data": {name: s.state_dict() for name, s in self.streams.items()},
                  "config": self.config.to_dict(), "train_seconds": self.train_seconds}
-        path = save_checkpoint(self.out / "checkpoints", self.step, self.model_state(), self.optimizer.state_dict(),
+        tensors = self.model_state()
+        if self.ema is not None:
+            tensors.update({EMA_PREFIX + k: v for k, v in self.ema.state_dict().items()})
+        path = save_checkpoint(self.out / "checkpoints", self.step, tensors, self.optimizer.state_dict(),
                                state, keep=self.config.keep_checkpoints)
         self._last_saved = self.step
         return path
 
     def _load(self, path: Path) -> None:
         tensors, optimizer, state = load_checkpoint(path)
-        self.load_model_state({k: v.to(self.device) for k, v in tensors.items()})
+        ema = {k[len(EMA_PREFIX):]: v.to(self.device) for k, v in tensors.items() if k.startswith(EMA_PREFIX)}
+        if self.ema is not None:
+            if not ema:
+                raise ValueError(f"{path} holds no EMA weights, but ema_decay is {self.config.ema_decay}")
+            self.ema.load_state_dict(ema)
+        self.load_model_state({k: v.to(self.device) for k, v in tensors.items() if not k.startswith(EMA_PREFIX)})
         self.optimizer.load_state_dict(optimizer)
         self.schedule.load_state_dict(state["schedule"])
         for name, stream in self.streams.items():
@@ -378,6 +409,8 @@ class Trainer:
         grad_norm = self.clip_gradients()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
         balance = self.loads.apply() if cfg.router_bias_update else self.loads.reset()
         self.schedule.advance()
         self.step += 1
@@ -388,14 +421,19 @@ class Trainer:
             record["expert_load_max_over_mean"] = balance
         return record
 
+    def averaged(self):
+        """A context in which the model holds its EMA weights (when `ema_decay > 0`; else the weights as trained)."""
+        return self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext()
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Run every evaluator on the current weights; training RNG, router biases and mode are left unchanged."""
+        """Run every evaluator on the current weights (the EMA weights when `ema_decay > 0`); training RNG, weights,
+        router biases and mode are left unchanged."""
         was_training = self.model.training
         self.model.eval()
         results: dict[str, float] = {}
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), self._autocast():
+        with torch.random.fork_rng(devices=devices), self._autocast(), self.averaged():
             for evaluator in self.evaluators:
                 results.update({f"eval/{k}": float(v) for k, v in evaluator(self).items()})
         self.loads.reset()
@@ -411,15 +449,18 @@ class Trainer:
     def export(self) -> Path | None:
         """Write the final weights for inference: a language-model run writes `out/model/` (Hugging Face layout +
         tokenizer.json, `convert.checkpoint.load_pretrained` reads it); a unified-model run writes `out/pipeline/`,
-        a saved pipeline (model, autoencoder, tokenizer, flow scheduler) that every `multimodal.pipelines` class loads."""
+        a saved pipeline (model, autoencoder, tokenizer, flow scheduler) that every `multimodal.pipelines` class loads.
+        With `ema_decay > 0` the exported weights are the EMA weights."""
         if not self.is_main_process():
             return None
         if self.trains_media:
             from .scoring import generation_pipeline
-            return generation_pipeline(self, "image").save_pretrained(self.out / "pipeline")
+            with self.averaged():
+                return generation_pipeline(self, "image").save_pretrained(self.out / "pipeline")
         from ..convert.checkpoint import save_pretrained
         target = self.out / "model"
-        save_pretrained(self.model, target)
+        with self.averaged():
+            save_pretrained(self.model, target)
         self.tokenizer.save(target / "tokenizer.json")
         return target
 
