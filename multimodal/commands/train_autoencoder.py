@@ -27,6 +27,8 @@ def add_parser(sub) -> None:
     p.add_argument("--video-batch", type=int, default=2, help="videos per step")
     p.add_argument("--video-frames", type=int, default=9, help="frames per training video (1 + 4k)")
     p.add_argument("--image-batch", type=int, default=8, help="images per step")
+    p.add_argument("--world-fraction", type=float, default=0.8,
+                   help="share of training clips from the shapes world (the rest from the stand-in renderer)")
     p.add_argument("--latent-channels", type=int, default=16)
     p.add_argument("--channels", type=int, nargs=3, default=None, metavar=("C0", "C1", "C2"), help="widths at H/2, H/4, H/8")
     p.add_argument("--seed", type=int, default=0)
@@ -50,6 +52,7 @@ def run(args) -> int:
         video_batch=args.video_batch,
         video_frames=args.video_frames,
         image_batch=args.image_batch,
+        world_fraction=args.world_fraction,
         seed=args.seed,
         threads=args.threads,
         save_dtype=args.save_dtype,

@@ -1,14 +1,16 @@
-"""A small frame source for training and checking the autoencoder, following ``shared/WORLD.md``.
+"""Frames for training and checking the autoencoder: the shapes world's own samples, mixed with a rougher
+stand-in renderer.
 
-Frames are 64x64 RGB on black, with objects from the world's palette (square, circle, triangle apex up,
-sklearn digit glyphs scaled bilinearly and used as coverage), 12 px or 20 px boxes, moving 2 px per
-frame left/right/up/down or staying still. Edges are drawn either hard or antialiased (4x4
-supersampled coverage), since other renderers of the world may do either. Every clip is a pure function
-of its seed; ``split="test"`` uses a disjoint seed range and the test glyphs (index % 5 == 0).
+- ``world_clip`` renders a sample of the shapes world (``multimodal.data.world``, the contract in
+  ``shared/WORLD.md``): crisp squares, circles and triangles, digit glyphs as coverage, objects never touching.
+  This is what the model is trained on and what the autoencoder's PSNR is measured on (the world's test split).
+- ``render_clip`` is the stand-in: objects from the same palette, shapes and sizes, but edges drawn either hard
+  or antialiased (4x4 supersampled coverage, since other renderers of the world may do either) and objects
+  that may overlap. Mixed into training (``AutoencoderTrainConfig.world_fraction``), it keeps the autoencoder
+  faithful to frames drawn by renderers other than ours.
 
-This is a stand-in for the shapes-world dataset being built in ``multimodal/data/world*.py`` (issue #5):
-once that lands, the autoencoder's training and evaluation should read frames from it instead.
-Unlike the world, objects here may overlap and captions are not produced: only the pixels matter.
+Every clip is a pure function of its seed and split; ``split="test"`` uses a disjoint seed range and the test
+glyphs (index % 5 == 0).
 """
 
 from __future__ import annotations
@@ -118,12 +120,44 @@ def render_clip(seed: int, num_frames: int = 17, split: str = "train", max_objec
     return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
 
 
+def world_clip(index: int, num_frames: int = 17, split: str = "train") -> np.ndarray:
+    """Frames of the world's sample ``split_seed(split, index)``: uint8 (num_frames, 64, 64, 3).
+
+    ``num_frames=1`` is the world's image of that seed; otherwise ``num_frames`` (1 + 4k, at most 17)
+    consecutive frames of its 17-frame video, starting at frame 0 for the test and validation splits and
+    at a seed-chosen frame for training (so clips shorter than 17 frames still see every part of a motion).
+    """
+    from multimodal.data.render import render_sample
+    from multimodal.data.world import NUM_FRAMES, sample_image, sample_video, split_seed
+
+    if num_frames < 1 or num_frames > NUM_FRAMES:
+        raise ValueError(f"num_frames must be in 1..{NUM_FRAMES}, got {num_frames}")
+    seed = split_seed(split, index)
+    if num_frames == 1:
+        return render_sample(sample_image(seed))
+    start = 0
+    if split == "train" and num_frames < NUM_FRAMES:
+        start = int(np.random.default_rng([seed, 7]).integers(NUM_FRAMES - num_frames + 1))
+    return render_sample(sample_video(seed))[start:start + num_frames]
+
+
 def to_model_range(clips: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (B, T, H, W, 3) -> float (B, 3, T, H, W) in [-1, 1]."""
     x = torch.as_tensor(clips).float()
     return x.permute(0, 4, 1, 2, 3).div(127.5).sub(1.0)
 
 
-def batch(seeds: list[int] | range, num_frames: int, split: str = "train") -> torch.Tensor:
-    """A batch of clips as model input: float (B, 3, num_frames, 64, 64) in [-1, 1]."""
-    return to_model_range(np.stack([render_clip(int(s), num_frames, split) for s in seeds]))
+def batch(seeds: list[int] | range, num_frames: int, split: str = "train", world_fraction: float = 0.0) -> torch.Tensor:
+    """A batch of clips as model input: float (B, 3, num_frames, 64, 64) in [-1, 1].
+
+    Each seed's clip is the world's (``world_clip``) with probability ``world_fraction``, decided by the seed,
+    else the stand-in's (``render_clip``): 1.0 gives world frames only, 0.0 stand-in frames only."""
+    if not 0.0 <= world_fraction <= 1.0:
+        raise ValueError(f"world_fraction must be in [0, 1], got {world_fraction}")
+
+    def clip(seed: int) -> np.ndarray:
+        world = world_fraction >= 1.0 or (
+            world_fraction > 0.0 and np.random.default_rng([seed, 11]).random() < world_fraction)
+        return world_clip(seed, num_frames, split) if world else render_clip(seed, num_frames, split)
+
+    return to_model_range(np.stack([clip(int(s)) for s in seeds]))

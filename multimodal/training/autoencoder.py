@@ -2,7 +2,8 @@
 
 The loop is budgeted by wall-clock time: the learning rate follows a warm-up then a cosine decay over
 ``minutes``, so a run of any length ends annealed. Each step sees one batch of videos (``video_frames``
-frames) and one batch of images (one-frame clips), with loss
+frames) and one batch of images (one-frame clips), a ``world_fraction`` of them the shapes world's own training
+samples and the rest the rougher stand-in renderer's (``multimodal.tokenizers.training_frames``), with loss
 
     L1(x̂, x) + MSE(x̂, x) + kl_weight * KL(q(z|x) || N(0, I))
 
@@ -10,7 +11,7 @@ on pixels in [-1, 1]. Checkpoints are written atomically (safetensors) every ``s
 and at the end, after per-channel latent statistics are measured on training clips.
 
 Evaluation reports PSNR in dB on uint8 pixels (MSE over each sample, averaged over samples) for
-images and 17-frame videos of the test split.
+images and 17-frame videos of the world's test split (``source="stand-in"`` measures the stand-in's instead).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class AutoencoderTrainConfig:
     video_batch: int = 2
     video_frames: int = 9
     image_batch: int = 8
+    world_fraction: float = 0.8  # share of training clips from the world; the rest from the stand-in renderer
     seed: int = 0
     threads: int = 2
     save_every_minutes: float = 5.0
@@ -61,6 +63,8 @@ class AutoencoderTrainConfig:
             raise ValueError(f"video_frames must be 1 + 4k, got {self.video_frames}")
         if self.video_batch < 0 or self.image_batch < 0 or self.video_batch + self.image_batch == 0:
             raise ValueError(f"batch sizes must be >= 0 and not both 0, got video_batch={self.video_batch}, image_batch={self.image_batch}")
+        if not 0.0 <= self.world_fraction <= 1.0:
+            raise ValueError(f"world_fraction must be in [0, 1], got {self.world_fraction}")
         if self.save_dtype not in ("float32", "float16", "bfloat16"):
             raise ValueError(f"save_dtype must be float32, float16 or bfloat16, got {self.save_dtype!r}")
 
@@ -81,15 +85,23 @@ def evaluate_psnr(
     video_frames: int = 17,
     split: str = "test",
     batch_size: int = 8,
+    source: str = "world",
 ) -> dict[str, float]:
-    """Mean PSNR (dB) of reconstructions of ``num_images`` images and ``num_videos`` videos of ``split``
-    (seeds 0..n-1 for images, 100000.. for videos)."""
+    """Mean PSNR (dB) of reconstructions of ``num_images`` images and ``num_videos`` videos of ``split``.
+
+    ``source="world"``: the world's samples ``split_seed(split, i)``, i < n (its image, or the first ``video_frames``
+    frames of its video); ``"stand-in"``: the stand-in renderer's seeds 0..n-1 (images) and 100000.. (videos)."""
+    if source not in ("world", "stand-in"):
+        raise ValueError(f"source must be 'world' or 'stand-in', got {source!r}")
     model.eval()
+    world = 1.0 if source == "world" else 0.0
     result: dict[str, float] = {}
     for name, n, frames, first_seed in (("image", num_images, 1, 0), ("video", num_videos, video_frames, 100_000)):
+        first_seed = 0 if world else first_seed
         scores = []
         for s in range(0, n, batch_size):
-            x = batch(range(first_seed + s, first_seed + min(n, s + batch_size)), frames, split).to(model.latent_mean.device)
+            seeds = range(first_seed + s, first_seed + min(n, s + batch_size))
+            x = batch(seeds, frames, split, world_fraction=world).to(model.latent_mean.device)
             scores.append(psnr(x, model.decode(model.encode(x))))
         if n:
             result[f"{name}_psnr"] = float(torch.cat(scores).mean())
@@ -99,12 +111,13 @@ def evaluate_psnr(
 
 @torch.no_grad()
 def measure_latent_statistics(model: CausalAutoencoder, clips: int, video_frames: int, seed: int) -> None:
-    """Set ``model.latent_mean/std`` from the posterior means of ``clips`` training videos and images."""
+    """Set ``model.latent_mean/std`` from the posterior means of ``clips`` of the world's training videos and
+    images (what the model sees)."""
     model.eval()
     half = max(1, clips // 2)
     device = model.latent_mean.device
-    vids = model.encode(batch(range(seed, seed + half), video_frames, "train").to(device))
-    imgs = model.encode(batch(range(seed + half, seed + 2 * half), 1, "train").to(device))
+    vids = model.encode(batch(range(seed, seed + half), video_frames, "train", world_fraction=1.0).to(device))
+    imgs = model.encode(batch(range(seed + half, seed + 2 * half), 1, "train", world_fraction=1.0).to(device))
     # (B, L, T', h, w) -> (B*T', L, 1, h, w) so images and videos pool together
     flat = torch.cat([vids.transpose(1, 2).reshape(-1, vids.shape[1], 1, *vids.shape[3:]), imgs], dim=0)
     model.set_latent_statistics(flat)
@@ -148,7 +161,8 @@ def train_autoencoder(
         for n, frames in ((cfg.video_batch, cfg.video_frames), (cfg.image_batch, 1)):
             if n == 0:
                 continue
-            x = batch(range(seed_cursor, seed_cursor + n), frames, "train").to(cfg.device)  # (n, 3, frames, 64, 64)
+            seeds = range(seed_cursor, seed_cursor + n)
+            x = batch(seeds, frames, "train", cfg.world_fraction).to(cfg.device)  # (n, 3, frames, 64, 64)
             seed_cursor += n
             rec, mean, logvar = model(x, generator=gen)
             err = rec - x
@@ -170,8 +184,10 @@ def train_autoencoder(
     cpu_seconds_train = time.process_time() - cpu_start
     measure_latent_statistics(model, cfg.stats_clips, cfg.video_frames, seed=5_000_000)
     scores = evaluate_psnr(model, num_images=cfg.eval_images, num_videos=cfg.eval_videos)
+    stand_in = evaluate_psnr(model, num_images=cfg.eval_images, num_videos=cfg.eval_videos, source="stand-in")
     summary = {"steps": step, "train_seconds": round(seconds, 1), "train_cpu_seconds": round(cpu_seconds_train, 1),
-               "final_loss": float(np.mean(history[-50:])) if history else float("nan"), **scores}
+               "final_loss": float(np.mean(history[-50:])) if history else float("nan"), **scores,
+               **{f"stand_in_{k}": v for k, v in stand_in.items() if k.endswith("psnr")}}
     model.save_pretrained(out, dtype=getattr(torch, cfg.save_dtype), metadata=summary)
     partial = out.with_suffix(".partial.safetensors")
     if partial.exists():

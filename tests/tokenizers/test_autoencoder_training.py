@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from multimodal.cli import main
 from multimodal.tokenizers.autoencoder import CausalAutoencoder
 from multimodal.tokenizers.config import AutoencoderConfig
-from multimodal.tokenizers.training_frames import render_clip
-from multimodal.training.autoencoder import AutoencoderTrainConfig, psnr, train_autoencoder
+from multimodal.data.render import render_sample
+from multimodal.data.world import sample_image, sample_video, split_seed
+from multimodal.tokenizers.training_frames import batch, render_clip, to_model_range, world_clip
+from multimodal.training.autoencoder import AutoencoderTrainConfig, evaluate_psnr, psnr, train_autoencoder
 
 
 def test_frames_follow_the_world_rules():
@@ -18,6 +21,40 @@ def test_frames_follow_the_world_rules():
     assert (clip[:, :2] == 0).all() and (clip[:, :, -2:] == 0).all()  # 2 px margin stays background
     assert (render_clip(11, 17, "test") == clip).all()  # a pure function of the seed
     assert not (render_clip(11, 17, "train") == clip).all()  # splits use disjoint seeds
+
+
+def test_world_frames_are_the_worlds_samples():
+    assert (world_clip(4, 1, "test") == render_sample(sample_image(split_seed("test", 4)))).all()
+    video = render_sample(sample_video(split_seed("test", 4)))
+    assert (world_clip(4, 17, "test") == video).all() and (world_clip(4, 9, "test") == video[:9]).all()
+    train = render_sample(sample_video(split_seed("train", 4)))
+    window = world_clip(4, 9, "train")                         # a seed-chosen window of the training clip
+    assert any((window == train[s:s + 9]).all() for s in range(9))
+    with pytest.raises(ValueError, match="num_frames"):
+        world_clip(0, 21)
+
+
+def test_batch_mixes_world_and_stand_in_frames_by_seed():
+    seeds = range(40)
+    mixed = batch(seeds, 1, "train", world_fraction=0.5)
+    world = batch(seeds, 1, "train", world_fraction=1.0)
+    stand_in = batch(seeds, 1, "train", world_fraction=0.0)
+    from_world = [bool(torch.equal(mixed[i], world[i])) for i in range(40)]
+    assert all(f or torch.equal(mixed[i], stand_in[i]) for i, f in enumerate(from_world))
+    assert 10 <= sum(from_world) <= 30                        # about half, fixed by the seeds
+    assert torch.equal(stand_in, to_model_range(np.stack([render_clip(s, 1) for s in seeds])))
+    with pytest.raises(ValueError, match="world_fraction"):
+        batch(seeds, 1, world_fraction=1.5)
+
+
+def test_psnr_is_measured_on_the_worlds_test_split():
+    untrained = CausalAutoencoder(AutoencoderConfig(channels=(8, 16, 16)))
+    world = evaluate_psnr(untrained, num_images=2, num_videos=1, video_frames=5)
+    stand_in = evaluate_psnr(untrained, num_images=2, num_videos=1, video_frames=5, source="stand-in")
+    assert world["image_count"] == 2 and world["video_count"] == 1
+    assert world["image_psnr"] != stand_in["image_psnr"]
+    with pytest.raises(ValueError, match="source"):
+        evaluate_psnr(untrained, num_images=1, num_videos=0, source="mine")
 
 
 def test_psnr_of_known_error():
