@@ -121,6 +121,7 @@ def grouped_experts(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: tor
     tokens = order // k
     xs = x[tokens]                                                                   # [T*k, dim] sorted by expert
     if _grouped_mm_usable(x, w1):
+        w1, w3, w2 = (w.to(xs.dtype) for w in (w1, w3, w2))                        # autocast does not cover it
         offs = torch.bincount(flat, minlength=w1.shape[0]).cumsum(0).to(torch.int32)   # [E] end offsets
         h = swiglu(torch._grouped_mm(xs, w1.transpose(1, 2), offs=offs),
                    torch._grouped_mm(xs, w3.transpose(1, 2), offs=offs), limit)      # [T*k, I]

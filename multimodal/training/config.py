@@ -45,6 +45,8 @@ class TrainConfig:
     # model
     preset: str = "debug"                      # backbone preset of `multimodal.config.PRESETS`
     model: dict[str, Any] = field(default_factory=dict)   # BackboneConfig field overrides (sub-configs as dicts)
+    flow_head: dict[str, Any] = field(default_factory=dict)   # media runs: FlowHeadConfig overrides of both heads,
+                                               # or {"image": {...}, "video": {...}} for each head apart
     autoencoder: str = ""                      # media tasks: the frozen autoencoder's weights ("" = the shipped ones)
     # data
     data: str = "world"                        # "world", or a folder / .jsonl of (image or video, caption) pairs
@@ -54,9 +56,11 @@ class TrainConfig:
     micro_batch_size: int = 8
     grad_accum: int = 1
     train_samples: int = 100_000               # world samples in the training stream (one epoch)
-    latent_cache: int = 0                      # media runs: encode the first N image / video training items once,
-                                               # before training, and train on those latents (0: encode every batch)
-    flow_repeats: int = 1                      # generation tasks: head passes (noise draws) per backbone pass
+    latent_cache: int | dict[str, int] = 0     # media runs: encode the first N image / video training items once,
+                                               # before training, and train on those latents (0: encode every batch);
+                                               # {"image": N, "video": M} sizes the two kinds apart
+    flow_repeats: int | dict[str, int] = 1     # generation tasks: head passes (noise draws) per backbone pass;
+                                               # {"image": K, "video": L} sets the two heads apart
     # optimisation
     optimizer: str = "adamw"                   # "adamw", or "muon" (Muon on 2-D hidden matrices, AdamW on the rest)
     lr: float = 3e-3
@@ -92,9 +96,22 @@ class TrainConfig:
         for name in ("vocab_size", "seq_len", "micro_batch_size", "grad_accum", "train_samples", "max_steps",
                      "eval_batches", "keep_checkpoints"):
             _check(int(getattr(self, name)) > 0, f"{name} must be > 0, got {getattr(self, name)}")
-        _check(int(self.flow_repeats) >= 1, f"flow_repeats must be >= 1, got {self.flow_repeats}")
+        repeats = self.flow_repeats if isinstance(self.flow_repeats, dict) else {"image": self.flow_repeats}
+        _check(not set(repeats) - {"image", "video"} and all(isinstance(v, int) and v >= 1 for v in repeats.values()),
+               f"flow_repeats must be an integer >= 1, or a dict of them for 'image' / 'video', got "
+               f"{self.flow_repeats!r}")
         _check(0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        for name in ("warmup_steps", "log_every", "eval_every", "save_every", "score_samples", "latent_cache"):
+        _check(isinstance(self.flow_head, dict), f"flow_head must be a dict of FlowHeadConfig overrides, got "
+                                                 f"{self.flow_head!r}")
+        if self.flow_head and set(self.flow_head) <= {"image", "video"}:
+            _check(all(isinstance(v, dict) for v in self.flow_head.values()),
+                   f"flow_head per head must map 'image' / 'video' to dicts of overrides, got {self.flow_head!r}")
+        cache = self.latent_cache if isinstance(self.latent_cache, dict) else {"image": self.latent_cache}
+        _check(not set(cache) - {"image", "video"},
+               f"latent_cache keys must be 'image' and/or 'video', got {sorted(set(cache) - {'image', 'video'})}")
+        _check(all(isinstance(v, int) and v >= 0 for v in cache.values()),
+               f"latent_cache must be an integer >= 0 (or a dict of them), got {self.latent_cache!r}")
+        for name in ("warmup_steps", "log_every", "eval_every", "save_every", "score_samples"):
             _check(int(getattr(self, name)) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         _check(self.seq_len >= 4, f"seq_len must be >= 4, got {self.seq_len}")
         _check(self.vocab_size >= 265, f"vocab_size must be >= 265 (256 bytes + 9 specials), got {self.vocab_size}")
@@ -120,6 +137,24 @@ class TrainConfig:
         _check(not bad, f"task weights must be >= 0, got {bad}")
         _check(sum(self.tasks.values()) > 0, f"task weights must not all be 0, got {self.tasks}")
         _check(bool(self.data), "data must be 'world' or a path")
+
+    def flow_head_overrides(self, kind: str) -> dict[str, Any]:
+        """The FlowHeadConfig overrides of the `kind` ("image" / "video") head."""
+        if self.flow_head and set(self.flow_head) <= {"image", "video"}:
+            return dict(self.flow_head.get(kind, {}))
+        return dict(self.flow_head)
+
+    def flow_repeats_of(self, kind: str) -> int:
+        """Head passes per backbone pass of the `kind` ("image" / "video") generation task."""
+        if isinstance(self.flow_repeats, dict):
+            return int(self.flow_repeats.get(kind, 1))
+        return int(self.flow_repeats)
+
+    def latent_cache_items(self, kind: str) -> int:
+        """How many training items of `kind` ("image" / "video") `latent_cache` encodes once (0: none)."""
+        if isinstance(self.latent_cache, dict):
+            return int(self.latent_cache.get(kind, 0))
+        return int(self.latent_cache)
 
     @property
     def batch_size(self) -> int:

@@ -191,23 +191,22 @@ class Trainer:
             raise ValueError(f"the unified model is built for presets 'debug' and 'tiny', got {self.config.preset!r}")
         config = model_preset(self.config.preset, TokenIds.from_tokenizer(self.tokenizer))
         channels = self.autoencoder.config.latent_channels
-        heads = {name: {**getattr(config, name).__dict__, "latent_channels": channels}
-                 for name in ("image_head", "video_head")}
+        heads = {f"{kind}_head": {**getattr(config, f"{kind}_head").__dict__, **self.config.flow_head_overrides(kind),
+                                  "latent_channels": channels} for kind in ("image", "video")}
         return config.replace(backbone=self.backbone_config(), latent_channels=channels, **heads)
 
     def cache_latents(self) -> None:
-        """With `latent_cache = N`: the image and video training data of the media tasks become their first N items'
+        """With `latent_cache`: the image and video training data of the media tasks become their first N items'
         latents, encoded once by the frozen autoencoder (`latent_cache.cached_latents`, kept in `out/latents/`)."""
         from .latent_cache import LatentDataset, cached_latents
         from .media_tasks import MEDIA_TASKS
         kinds = sorted({MEDIA_TASKS[n][0] for n, w in self.config.tasks.items() if w > 0 and n in MEDIA_TASKS})
         for kind in kinds:
-            data = self.train_data.get(kind)
-            if data is None or isinstance(data, LatentDataset):
+            data, items = self.train_data.get(kind), self.config.latent_cache_items(kind)
+            if data is None or items == 0 or isinstance(data, LatentDataset):
                 continue
             self.train_data[kind] = cached_latents(self.out / "latents" / f"{kind}.safetensors", self.autoencoder,
-                                                   data, self.config.latent_cache, log=self.log,
-                                                   write=self.is_main_process())
+                                                   data, items, log=self.log, write=self.is_main_process())
 
     def build_autoencoder(self) -> nn.Module | None:
         """The frozen autoencoder of the media tasks (None for text-only runs)."""
@@ -244,9 +243,9 @@ class Trainer:
             if name in TEXT_TASKS:
                 tasks[name] = TextTask(tokenizer=self.tokenizer, seq_len=cfg.seq_len, mtp_weight=cfg.mtp_weight)
             else:
-                from .media_tasks import MediaTask
+                from .media_tasks import MEDIA_TASKS, MediaTask
                 tasks[name] = MediaTask(tokenizer=self.tokenizer, autoencoder=self.autoencoder, name=name,
-                                        seq_len=cfg.seq_len, flow_repeats=cfg.flow_repeats)
+                                        seq_len=cfg.seq_len, flow_repeats=cfg.flow_repeats_of(MEDIA_TASKS[name][0]))
             if tasks[name].data_kind not in self.train_data:
                 raise ValueError(f"task {name} needs {tasks[name].data_kind} items, and {cfg.data} has none")
         return tasks

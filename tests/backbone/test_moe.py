@@ -54,6 +54,20 @@ def test_grouped_experts_equal_per_token_loop_with_clamp(i, grad):
     assert torch.equal(swiglu(torch.tensor([20.0]), torch.tensor([-20.0]), 10.0), F.silu(torch.tensor([10.0])) * -10)
 
 
+def test_grouped_gemm_under_cpu_bf16_autocast_takes_the_activations_dtype():
+    """Inference under bf16 autocast (what a bf16 training run's evaluation does): torch's grouped GEMM is outside
+    autocast, so fp32 expert weights meet bf16 tokens; the result equals the fp32 loop within bf16 precision."""
+    torch.manual_seed(2)
+    e, d, i, t, k = 4, 16, 16, 12, 2
+    w1, w3, w2 = torch.randn(e, i, d), torch.randn(e, i, d), torch.randn(e, d, i)
+    x, idx, wts = torch.randn(t, d), torch.randint(0, e, (t, k)), torch.rand(t, k)
+    ref = grouped_experts(x, w1, w3, w2, idx, wts, None)
+    with torch.no_grad():
+        out = grouped_experts(x.bfloat16(), w1, w3, w2, idx, wts, None)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=0.1 * float(ref.abs().max()), rtol=0.05)
+
+
 def test_hash_routing_follows_the_token_table():
     cfg = MoEConfig(n_routed_experts=6, num_experts_per_tok=2, moe_intermediate_size=4)
     moe = MoE(8, cfg, hashed=True, vocab_size=10)

@@ -96,3 +96,36 @@ def test_a_cached_run_trains_like_an_encoding_run(tmp_path, tiny_config):
     def losses(out):
         return [r["loss"] for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train"]
     assert losses(tmp_path / "cached") == pytest.approx(losses(tmp_path / "plain"), rel=1e-4, abs=1e-5)
+
+
+def test_config_sizes_the_kinds_apart_and_rejects_bad_values(tiny_config):
+    cfg = tiny_config.replace(latent_cache={"video": 6})
+    assert cfg.latent_cache_items("video") == 6 and cfg.latent_cache_items("image") == 0
+    assert tiny_config.replace(latent_cache=5).latent_cache_items("image") == 5
+    with pytest.raises(ValueError, match="'image' and/or 'video'"):
+        tiny_config.replace(latent_cache={"audio": 3})
+    with pytest.raises(ValueError, match="latent_cache must be an integer"):
+        tiny_config.replace(latent_cache=-1)
+    with pytest.raises(ValueError, match="flow_head"):
+        tiny_config.replace(flow_head=[192])
+    repeats = tiny_config.replace(flow_repeats={"image": 3})
+    assert repeats.flow_repeats_of("image") == 3 and repeats.flow_repeats_of("video") == 1
+    assert tiny_config.replace(flow_repeats=2).flow_repeats_of("video") == 2
+    with pytest.raises(ValueError, match="flow_repeats"):
+        tiny_config.replace(flow_repeats={"image": 0})
+
+
+def test_flow_head_overrides_size_both_heads(tmp_path, tiny_config):
+    torch.manual_seed(0)
+    ae_file = tmp_path / "ae.safetensors"
+    CausalAutoencoder(AutoencoderConfig(**SMALL_AE)).save_pretrained(ae_file)
+    cfg = tiny_config.replace(tasks={"text_to_image": 1.0, "video_to_text": 1.0}, autoencoder=str(ae_file),
+                              flow_head={"width": 48, "depth": 2}, latent_cache={"video": 4}, max_steps=1)
+    trainer = Trainer(cfg, tmp_path / "run", log=lambda s: None)
+    for head in (trainer.model.config.image_head, trainer.model.config.video_head):
+        assert (head.width, head.depth) == (48, 2)
+    assert len(trainer.train_data["video"]) == 4 and len(trainer.train_data["image"]) == cfg.train_samples
+    apart = cfg.replace(flow_head={"image": {"width": 48}, "video": {"depth": 3}})
+    assert apart.flow_head_overrides("image") == {"width": 48} and apart.flow_head_overrides("video") == {"depth": 3}
+    with pytest.raises(ValueError, match="per head"):
+        cfg.replace(flow_head={"image": 48})
