@@ -3,7 +3,9 @@
 Training data comes from the world itself: every training glyph (sklearn index % 5 != 0) is drawn by
 the world's renderer at both sizes in all eight colours, then cut out by the scene parser exactly as a
 generated image would be (``multimodal.eval.scene.digit_crop``). Three quarters of the frames also go
-through an H.264 round trip, so the classifier has seen codec artefacts. Training is seeded, single-threaded and
+through an H.264 round trip, so the classifier has seen codec artefacts, and at every epoch most crops are bent
+by a small random affine map (rotation, shear, scale, shift: ``augment_crops``), so that it reads handwriting it
+has not seen (the test glyphs) rather than remembering the training glyphs. Training is seeded, single-threaded and
 takes well under a minute on one CPU core; the result ships as ``multimodal/assets/digit_classifier.safetensors``.
 
 Regenerate the shipped weights (prints the test-glyph accuracy and the training time)::
@@ -45,6 +47,11 @@ class DigitTrainingConfig:
     colours_per_glyph: int = 8                # every glyph in every colour (magenta glyphs suffer most from yuv420p)
     mp4_fraction: float = 0.75
     width: int = 16
+    augment_fraction: float = 0.75            # share of crops bent by a random affine map at each epoch
+    max_rotation: float = 12.0                # degrees
+    max_shear: float = 0.15
+    max_scale: float = 0.1                    # zoom in [1 - max_scale, 1 + max_scale]
+    max_shift: float = 1.0                    # crop pixels (of CLASSIFIER_SIDE)
 
     def __post_init__(self) -> None:
         if self.width < 1:
@@ -59,6 +66,11 @@ class DigitTrainingConfig:
             raise ValueError(f"colours_per_glyph must be in 1..{len(COLOURS)}, got {self.colours_per_glyph}")
         if not 0.0 <= self.mp4_fraction <= 1.0:
             raise ValueError(f"mp4_fraction must be in [0, 1], got {self.mp4_fraction}")
+        if not 0.0 <= self.augment_fraction <= 1.0:
+            raise ValueError(f"augment_fraction must be in [0, 1], got {self.augment_fraction}")
+        for name in ("max_rotation", "max_shear", "max_scale", "max_shift"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 class DigitNet(nn.Module):
@@ -165,6 +177,24 @@ def glyph_crops(test: bool, colours_per_glyph: int = 4, mp4_fraction: float = 0.
     return np.stack(crops).astype(np.float32), np.asarray(kept, dtype=np.int64)
 
 
+def augment_crops(x: torch.Tensor, config: DigitTrainingConfig, generator: torch.Generator) -> torch.Tensor:
+    """Crops (N, 1, S, S) -> the same crops, a ``config.augment_fraction`` share of them warped by a random affine
+    map (rotation, shear, zoom and shift drawn uniformly within the config's bounds; bilinear, zeros outside)."""
+    n, side = x.shape[0], x.shape[-1]
+    u = torch.rand(n, 6, generator=generator) * 2 - 1                            # [N, 6] in [-1, 1]
+    angle = u[:, 0] * config.max_rotation * torch.pi / 180
+    shear = u[:, 1] * config.max_shear
+    zoom = 1 + u[:, 2] * config.max_scale
+    shift = u[:, 3:5] * config.max_shift * 2 / side                               # in grid units ([-1, 1] = crop)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos, -sin + shear * cos, shift[:, 0]], -1),
+                         torch.stack([sin, cos + shear * sin, shift[:, 1]], -1)], 1)   # [N, 2, 3]
+    warped = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), mode="bilinear",
+                           padding_mode="zeros", align_corners=False)
+    keep = (u[:, 5] * 0.5 + 0.5 >= config.augment_fraction).view(n, 1, 1, 1)
+    return torch.where(keep, x, warped)
+
+
 def train_digit_classifier(config: DigitTrainingConfig | None = None) -> DigitClassifier:
     """Train a classifier on the training glyphs, deterministically, on the CPU (one thread)."""
     config = config or DigitTrainingConfig()
@@ -185,7 +215,8 @@ def train_digit_classifier(config: DigitTrainingConfig | None = None) -> DigitCl
             order = torch.randperm(len(x), generator=gen)
             for i in range(0, len(x), config.batch_size):
                 idx = order[i : i + config.batch_size]
-                loss = F.cross_entropy(net(x[idx]), y[idx])
+                batch = augment_crops(x[idx], config, gen) if config.augment_fraction > 0 else x[idx]
+                loss = F.cross_entropy(net(batch), y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -206,9 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(DEFAULT_WEIGHTS), help="where to write the safetensors weights")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=DigitTrainingConfig.epochs)
+    parser.add_argument("--augment-fraction", type=float, default=DigitTrainingConfig.augment_fraction,
+                        help="share of crops warped by a random affine map at each epoch (0: no augmentation)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    clf = train_digit_classifier(DigitTrainingConfig(seed=args.seed, epochs=args.epochs))
+    clf = train_digit_classifier(DigitTrainingConfig(seed=args.seed, epochs=args.epochs,
+                                                     augment_fraction=args.augment_fraction))
     seconds = time.perf_counter() - start
     clean = accuracy(clf, *glyph_crops(True, colours_per_glyph=4, mp4_fraction=0.0, seed=1))
     coded = accuracy(clf, *glyph_crops(True, colours_per_glyph=4, mp4_fraction=1.0, seed=1))
