@@ -31,15 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config_keys import check, reject_unknown_keys
+
 V4_ATTENTION_TYPES = ("sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention")
 ATTENTION_TYPES = V4_ATTENTION_TYPES + ("mla", "dsa", "nsa")
 MLP_TYPES = ("dense", "moe", "hash_moe")
 SCORING_FUNCS = ("sqrtsoftplus", "sigmoid", "softmax")
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
 
 
 @dataclass
@@ -55,8 +52,8 @@ class RopeScaling:
     attention_factor: float | None = None
 
     def __post_init__(self) -> None:
-        _check(self.factor >= 1.0, f"rope_scaling.factor must be >= 1, got {self.factor}")
-        _check(self.original_max_position_embeddings > 0,
+        check(self.factor >= 1.0, f"rope_scaling.factor must be >= 1, got {self.factor}")
+        check(self.original_max_position_embeddings > 0,
                f"rope_scaling.original_max_position_embeddings must be > 0, got {self.original_max_position_embeddings}")
 
 
@@ -89,16 +86,16 @@ class AttentionConfig:
             self.rope_scaling = RopeScaling(**self.rope_scaling)
         for name in ("num_attention_heads", "head_dim", "sliding_window", "compress_rate_csa", "compress_rate_hca",
                      "index_n_heads", "index_head_dim", "o_groups", "o_lora_rank", "kv_lora_rank"):
-            _check(getattr(self, name) > 0, f"attention.{name} must be > 0, got {getattr(self, name)}")
-        _check(self.index_topk > 0, f"attention.index_topk must be > 0, got {self.index_topk}")
-        _check(self.q_lora_rank >= 0, f"attention.q_lora_rank must be >= 0, got {self.q_lora_rank}")
-        _check(self.num_attention_heads % self.o_groups == 0,
+            check(getattr(self, name) > 0, f"attention.{name} must be > 0, got {getattr(self, name)}")
+        check(self.index_topk > 0, f"attention.index_topk must be > 0, got {self.index_topk}")
+        check(self.q_lora_rank >= 0, f"attention.q_lora_rank must be >= 0, got {self.q_lora_rank}")
+        check(self.num_attention_heads % self.o_groups == 0,
                f"attention.num_attention_heads ({self.num_attention_heads}) must be divisible by "
                f"attention.o_groups ({self.o_groups})")
-        _check(0 < self.qk_rope_head_dim <= self.head_dim and self.qk_rope_head_dim % 2 == 0,
+        check(0 < self.qk_rope_head_dim <= self.head_dim and self.qk_rope_head_dim % 2 == 0,
                f"attention.qk_rope_head_dim ({self.qk_rope_head_dim}) must be even and in (0, head_dim="
                f"{self.head_dim}]")
-        _check(self.index_head_dim % 2 == 0 and self.qk_rope_head_dim <= self.index_head_dim,
+        check(self.index_head_dim % 2 == 0 and self.qk_rope_head_dim <= self.index_head_dim,
                f"attention.index_head_dim ({self.index_head_dim}) must be even and >= qk_rope_head_dim "
                f"({self.qk_rope_head_dim})")
 
@@ -121,22 +118,22 @@ class MoEConfig:
     bias_update_speed: float = 0.001         # gamma of the aux-loss-free correction-bias update
 
     def __post_init__(self) -> None:
-        _check(self.scoring_func in SCORING_FUNCS,
+        check(self.scoring_func in SCORING_FUNCS,
                f"moe.scoring_func must be one of {SCORING_FUNCS}, got {self.scoring_func!r}")
-        _check(self.n_routed_experts > 0, f"moe.n_routed_experts must be > 0, got {self.n_routed_experts}")
-        _check(0 < self.num_experts_per_tok <= self.n_routed_experts,
+        check(self.n_routed_experts > 0, f"moe.n_routed_experts must be > 0, got {self.n_routed_experts}")
+        check(0 < self.num_experts_per_tok <= self.n_routed_experts,
                f"moe.num_experts_per_tok ({self.num_experts_per_tok}) must be in [1, n_routed_experts="
                f"{self.n_routed_experts}]")
-        _check(self.n_shared_experts >= 0, f"moe.n_shared_experts must be >= 0, got {self.n_shared_experts}")
-        _check(self.moe_intermediate_size > 0, f"moe.moe_intermediate_size must be > 0, got {self.moe_intermediate_size}")
-        _check(self.n_group > 0 and self.n_routed_experts % self.n_group == 0,
+        check(self.n_shared_experts >= 0, f"moe.n_shared_experts must be >= 0, got {self.n_shared_experts}")
+        check(self.moe_intermediate_size > 0, f"moe.moe_intermediate_size must be > 0, got {self.moe_intermediate_size}")
+        check(self.n_group > 0 and self.n_routed_experts % self.n_group == 0,
                f"moe.n_routed_experts ({self.n_routed_experts}) must be divisible by moe.n_group ({self.n_group})")
-        _check(0 < self.topk_group <= self.n_group,
+        check(0 < self.topk_group <= self.n_group,
                f"moe.topk_group ({self.topk_group}) must be in [1, n_group={self.n_group}]")
-        _check(self.num_experts_per_tok <= self.topk_group * (self.n_routed_experts // self.n_group),
+        check(self.num_experts_per_tok <= self.topk_group * (self.n_routed_experts // self.n_group),
                f"moe.num_experts_per_tok ({self.num_experts_per_tok}) exceeds the experts in topk_group "
                f"({self.topk_group}) groups of {self.n_routed_experts // self.n_group}")
-        _check(self.swiglu_limit is None or self.swiglu_limit > 0,
+        check(self.swiglu_limit is None or self.swiglu_limit > 0,
                f"moe.swiglu_limit must be > 0 or None, got {self.swiglu_limit}")
 
 
@@ -152,8 +149,8 @@ class HyperConfig:
     hc_eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        _check(self.hc_mult >= 1, f"hyper.hc_mult must be >= 1, got {self.hc_mult}")
-        _check(self.hc_sinkhorn_iters >= 1, f"hyper.hc_sinkhorn_iters must be >= 1, got {self.hc_sinkhorn_iters}")
+        check(self.hc_mult >= 1, f"hyper.hc_mult must be >= 1, got {self.hc_mult}")
+        check(self.hc_sinkhorn_iters >= 1, f"hyper.hc_sinkhorn_iters must be >= 1, got {self.hc_sinkhorn_iters}")
 
 
 def is_prime(n: int) -> bool:
@@ -187,8 +184,8 @@ class NSAConfig:
 
     def __post_init__(self) -> None:
         for name in ("num_key_value_heads", "block_size", "block_count", "window_size"):
-            _check(getattr(self, name) > 0, f"nsa.{name} must be > 0, got {getattr(self, name)}")
-        _check(0 <= self.local_blocks and 1 + self.local_blocks <= self.block_count,
+            check(getattr(self, name) > 0, f"nsa.{name} must be > 0, got {getattr(self, name)}")
+        check(0 <= self.local_blocks and 1 + self.local_blocks <= self.block_count,
                f"nsa.block_count ({self.block_count}) must cover the initial block and nsa.local_blocks "
                f"({self.local_blocks})")
 
@@ -219,14 +216,14 @@ class EngramConfig:
 
     def __post_init__(self) -> None:
         self.layers = sorted(set(int(i) for i in self.layers))
-        _check(self.max_ngram >= 2, f"engram.max_ngram (the largest n-gram order) must be >= 2, got {self.max_ngram}")
-        _check(self.n_heads > 0, f"engram.n_heads must be > 0, got {self.n_heads}")
-        _check(is_prime(self.table_size), f"engram.table_size must be a prime number, got {self.table_size}")
+        check(self.max_ngram >= 2, f"engram.max_ngram (the largest n-gram order) must be >= 2, got {self.max_ngram}")
+        check(self.n_heads > 0, f"engram.n_heads must be > 0, got {self.n_heads}")
+        check(is_prime(self.table_size), f"engram.table_size must be a prime number, got {self.table_size}")
         heads = (self.max_ngram - 1) * self.n_heads
-        _check(self.d_mem > 0 and self.d_mem % heads == 0,
+        check(self.d_mem > 0 and self.d_mem % heads == 0,
                f"engram.d_mem ({self.d_mem}) must be a positive multiple of (max_ngram - 1) * n_heads = {heads}")
-        _check(self.kernel_size > 0, f"engram.kernel_size must be > 0, got {self.kernel_size}")
-        _check(self.pad_id >= 0, f"engram.pad_id must be >= 0, got {self.pad_id}")
+        check(self.kernel_size > 0, f"engram.kernel_size must be > 0, got {self.kernel_size}")
+        check(self.pad_id >= 0, f"engram.pad_id must be >= 0, got {self.pad_id}")
 
 
 @dataclass
@@ -263,9 +260,9 @@ class BackboneConfig:
             self.nsa = NSAConfig(**self.nsa)
         if isinstance(self.engram, dict):
             self.engram = EngramConfig(**self.engram)
-        _check(self.vocab_size > 0, f"vocab_size must be > 0, got {self.vocab_size}")
-        _check(self.hidden_size > 0, f"hidden_size must be > 0, got {self.hidden_size}")
-        _check(self.num_hidden_layers > 0, f"num_hidden_layers must be > 0, got {self.num_hidden_layers}")
+        check(self.vocab_size > 0, f"vocab_size must be > 0, got {self.vocab_size}")
+        check(self.hidden_size > 0, f"hidden_size must be > 0, got {self.hidden_size}")
+        check(self.num_hidden_layers > 0, f"num_hidden_layers must be > 0, got {self.num_hidden_layers}")
         n = self.num_hidden_layers
         if not self.layer_types:
             self.layer_types = default_v4_layer_types(n)
@@ -275,24 +272,24 @@ class BackboneConfig:
         self.mlp_layer_types = list(self.mlp_layer_types)
         for name, types, allowed in (("layer_types", self.layer_types, ATTENTION_TYPES),
                                      ("mlp_layer_types", self.mlp_layer_types, MLP_TYPES)):
-            _check(len(types) == n, f"len({name}) ({len(types)}) must equal num_hidden_layers ({n})")
+            check(len(types) == n, f"len({name}) ({len(types)}) must equal num_hidden_layers ({n})")
             bad = sorted({t for t in types if t not in allowed})
-            _check(not bad, f"unknown {name} {bad}; allowed: {allowed}")
-        _check("dense" not in self.mlp_layer_types or self.moe.intermediate_size > 0,
+            check(not bad, f"unknown {name} {bad}; allowed: {allowed}")
+        check("dense" not in self.mlp_layer_types or self.moe.intermediate_size > 0,
                f"'dense' MLP layers need moe.intermediate_size > 0, got {self.moe.intermediate_size}")
-        _check(self.num_nextn_predict_layers >= 0,
+        check(self.num_nextn_predict_layers >= 0,
                f"num_nextn_predict_layers must be >= 0, got {self.num_nextn_predict_layers}")
         bad_layers = [i for i in self.engram.layers if not 0 <= i < n]
-        _check(not bad_layers, f"engram.layers {bad_layers} out of range [0, num_hidden_layers={n})")
-        _check(not self.engram.layers or self.engram.pad_id < self.vocab_size,
+        check(not bad_layers, f"engram.layers {bad_layers} out of range [0, num_hidden_layers={n})")
+        check(not self.engram.layers or self.engram.pad_id < self.vocab_size,
                f"engram.pad_id ({self.engram.pad_id}) must be < vocab_size ({self.vocab_size})")
         if "nsa" in self.layer_types:
-            _check(self.attention.num_attention_heads % self.nsa.num_key_value_heads == 0,
+            check(self.attention.num_attention_heads % self.nsa.num_key_value_heads == 0,
                    f"attention.num_attention_heads ({self.attention.num_attention_heads}) must be divisible by "
                    f"nsa.num_key_value_heads ({self.nsa.num_key_value_heads})")
         for token in ("bos_token_id", "eos_token_id", "pad_token_id"):
             v = getattr(self, token)
-            _check(v is None or 0 <= v < self.vocab_size, f"{token} ({v}) must be in [0, vocab_size={self.vocab_size})")
+            check(v is None or 0 <= v < self.vocab_size, f"{token} ({v}) must be in [0, vocab_size={self.vocab_size})")
 
     # ----------------------------------------------------------------------------------------------- (de)serialise
     def to_dict(self) -> dict[str, Any]:
@@ -300,14 +297,12 @@ class BackboneConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BackboneConfig":
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        _check(not unknown, f"unknown BackboneConfig keys: {unknown}")
+        reject_unknown_keys(cls, data)
         data = copy.deepcopy(data)
         for key, sub in (("attention", AttentionConfig), ("moe", MoEConfig), ("hyper", HyperConfig),
                          ("nsa", NSAConfig), ("engram", EngramConfig)):
             if isinstance(data.get(key), dict):
-                extra = sorted(set(data[key]) - {f.name for f in dataclasses.fields(sub)})
-                _check(not extra, f"unknown {key} keys: {extra}")
+                reject_unknown_keys(sub, data[key], key)
         return cls(**data)
 
     def save(self, path: str | Path) -> None:

@@ -39,6 +39,7 @@ from .backbone.cache import BackboneCache
 from .backbone.generate import positions_from_mask
 from .backbone.transformer import Transformer, TransformerOutput
 from .config import BackboneConfig, preset
+from .config_keys import reject_unknown_keys
 from .decoders.flow import FlowHeadConfig, flow_matching_loss, grid_position_features
 from .decoders.image import ImageHead
 from .decoders.text import GenerationConfig, TextGenerationResult, generate_text
@@ -123,9 +124,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown ModelConfig keys: {unknown}")
+        reject_unknown_keys(cls, data)
         return cls(**data)
 
     def replace(self, **changes: Any) -> "ModelConfig":

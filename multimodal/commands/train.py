@@ -123,14 +123,11 @@ def run_autoencoder(args) -> int:
         from multimodal.training.autoencoder import AutoencoderTrainConfig, train_autoencoder
     except ImportError as exc:
         raise ValueError(f"autoencoder training is not part of this build ({exc})") from exc
-    import dataclasses
+    from multimodal.config_keys import reject_unknown_keys
 
-    fields = {f.name for f in dataclasses.fields(AutoencoderTrainConfig)}
     data = json.loads(Path(args.config).read_text()) if args.config else {}
     model_kwargs = data.pop("model", {})
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        raise ValueError(f"unknown AutoencoderTrainConfig keys: {unknown}")
+    reject_unknown_keys(AutoencoderTrainConfig, data)
     out = Path(args.out)
     data["out"] = str(out / "autoencoder.safetensors") if out.suffix != ".safetensors" else str(out)
     if args.max_steps is not None:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config_keys import reject_unknown_keys
 from ..tokenizers.patchify import patchify, unpatchify
 
 NUM_TRAIN_TIMESTEPS = 1000   # diffusers' FlowMatchEulerDiscreteScheduler default: timestep = 1000 * sigma
@@ -61,9 +62,7 @@ class FlowHeadConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "FlowHeadConfig":
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown FlowHeadConfig keys: {unknown}")
+        reject_unknown_keys(cls, data)
         return cls(**data)
 
 

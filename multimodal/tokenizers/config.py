@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from ..config_keys import reject_unknown_keys
+
 
 @dataclass
 class AutoencoderConfig:
@@ -95,9 +97,7 @@ class AutoencoderConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "AutoencoderConfig":
         known = {k: v for k, v in d.items() if k not in ("temporal_compression", "spatial_compression")}
-        unknown = set(known) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown AutoencoderConfig keys: {sorted(unknown)}")
+        reject_unknown_keys(cls, known)
         return cls(**known)
 
     @classmethod

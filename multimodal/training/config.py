@@ -28,14 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config_keys import check, reject_unknown_keys
+
 OPTIMIZERS = ("adamw", "muon")
 TASK_NAMES = ("text", "text_to_image", "text_to_video", "image_to_text", "video_to_text")
 PRECISIONS = ("auto", "bf16", "fp32")
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
 
 
 @dataclass
@@ -92,51 +89,51 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # JSON gives a list
         self.tasks = {str(k): float(v) for k, v in dict(self.tasks).items()}
-        _check(isinstance(self.model, dict), f"model must be a dict of BackboneConfig overrides, got {self.model!r}")
+        check(isinstance(self.model, dict), f"model must be a dict of BackboneConfig overrides, got {self.model!r}")
         for name in ("vocab_size", "seq_len", "micro_batch_size", "grad_accum", "train_samples", "max_steps",
                      "eval_batches", "keep_checkpoints"):
-            _check(int(getattr(self, name)) > 0, f"{name} must be > 0, got {getattr(self, name)}")
+            check(int(getattr(self, name)) > 0, f"{name} must be > 0, got {getattr(self, name)}")
         repeats = self.flow_repeats if isinstance(self.flow_repeats, dict) else {"image": self.flow_repeats}
-        _check(not set(repeats) - {"image", "video"} and all(isinstance(v, int) and v >= 1 for v in repeats.values()),
+        check(not set(repeats) - {"image", "video"} and all(isinstance(v, int) and v >= 1 for v in repeats.values()),
                f"flow_repeats must be an integer >= 1, or a dict of them for 'image' / 'video', got "
                f"{self.flow_repeats!r}")
-        _check(0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        _check(isinstance(self.flow_head, dict), f"flow_head must be a dict of FlowHeadConfig overrides, got "
+        check(0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        check(isinstance(self.flow_head, dict), f"flow_head must be a dict of FlowHeadConfig overrides, got "
                                                  f"{self.flow_head!r}")
         if self.flow_head and set(self.flow_head) <= {"image", "video"}:
-            _check(all(isinstance(v, dict) for v in self.flow_head.values()),
+            check(all(isinstance(v, dict) for v in self.flow_head.values()),
                    f"flow_head per head must map 'image' / 'video' to dicts of overrides, got {self.flow_head!r}")
         cache = self.latent_cache if isinstance(self.latent_cache, dict) else {"image": self.latent_cache}
-        _check(not set(cache) - {"image", "video"},
+        check(not set(cache) - {"image", "video"},
                f"latent_cache keys must be 'image' and/or 'video', got {sorted(set(cache) - {'image', 'video'})}")
-        _check(all(isinstance(v, int) and v >= 0 for v in cache.values()),
+        check(all(isinstance(v, int) and v >= 0 for v in cache.values()),
                f"latent_cache must be an integer >= 0 (or a dict of them), got {self.latent_cache!r}")
         for name in ("warmup_steps", "log_every", "eval_every", "save_every", "score_samples"):
-            _check(int(getattr(self, name)) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
-        _check(self.seq_len >= 4, f"seq_len must be >= 4, got {self.seq_len}")
-        _check(self.vocab_size >= 265, f"vocab_size must be >= 265 (256 bytes + 9 specials), got {self.vocab_size}")
-        _check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        _check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        _check(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        _check(self.warmup_steps <= self.max_steps,
+            check(int(getattr(self, name)) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        check(self.seq_len >= 4, f"seq_len must be >= 4, got {self.seq_len}")
+        check(self.vocab_size >= 265, f"vocab_size must be >= 265 (256 bytes + 9 specials), got {self.vocab_size}")
+        check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        check(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        check(self.warmup_steps <= self.max_steps,
                f"warmup_steps ({self.warmup_steps}) must be <= max_steps ({self.max_steps})")
-        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        _check(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
+        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        check(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
                f"betas must be two numbers in [0, 1), got {self.betas}")
-        _check(self.eps > 0, f"eps must be > 0, got {self.eps}")
-        _check(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}")
-        _check(self.mtp_weight >= 0, f"mtp_weight must be >= 0, got {self.mtp_weight}")
-        _check(self.score_steps > 0, f"score_steps must be > 0, got {self.score_steps}")
-        _check(self.score_guidance >= 0, f"score_guidance must be >= 0, got {self.score_guidance}")
-        _check(self.max_time >= 0, f"max_time must be >= 0 seconds, got {self.max_time}")
-        _check(bool(self.tasks), "tasks must name at least one task")
+        check(self.eps > 0, f"eps must be > 0, got {self.eps}")
+        check(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}")
+        check(self.mtp_weight >= 0, f"mtp_weight must be >= 0, got {self.mtp_weight}")
+        check(self.score_steps > 0, f"score_steps must be > 0, got {self.score_steps}")
+        check(self.score_guidance >= 0, f"score_guidance must be >= 0, got {self.score_guidance}")
+        check(self.max_time >= 0, f"max_time must be >= 0 seconds, got {self.max_time}")
+        check(bool(self.tasks), "tasks must name at least one task")
         unknown = sorted(set(self.tasks) - set(TASK_NAMES))
-        _check(not unknown, f"unknown tasks {unknown}; choose from {list(TASK_NAMES)}")
+        check(not unknown, f"unknown tasks {unknown}; choose from {list(TASK_NAMES)}")
         bad = {k: v for k, v in self.tasks.items() if not v >= 0}
-        _check(not bad, f"task weights must be >= 0, got {bad}")
-        _check(sum(self.tasks.values()) > 0, f"task weights must not all be 0, got {self.tasks}")
-        _check(bool(self.data), "data must be 'world' or a path")
+        check(not bad, f"task weights must be >= 0, got {bad}")
+        check(sum(self.tasks.values()) > 0, f"task weights must not all be 0, got {self.tasks}")
+        check(bool(self.data), "data must be 'world' or a path")
 
     def flow_head_overrides(self, kind: str) -> dict[str, Any]:
         """The FlowHeadConfig overrides of the `kind` ("image" / "video") head."""
@@ -169,9 +166,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        _check(isinstance(data, dict), f"a training config must be a JSON object, got {type(data).__name__}")
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        _check(not unknown, f"unknown TrainConfig keys: {unknown}")
+        check(isinstance(data, dict), f"a training config must be a JSON object, got {type(data).__name__}")
+        reject_unknown_keys(cls, data)
         return cls(**copy.deepcopy(data))
 
     def save(self, path: str | Path) -> None:
