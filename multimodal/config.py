@@ -54,7 +54,7 @@ class RopeScaling:
     def __post_init__(self) -> None:
         check(self.factor >= 1.0, f"rope_scaling.factor must be >= 1, got {self.factor}")
         check(self.original_max_position_embeddings > 0,
-               f"rope_scaling.original_max_position_embeddings must be > 0, got {self.original_max_position_embeddings}")
+              f"rope_scaling.original_max_position_embeddings must be > 0, got {self.original_max_position_embeddings}")
 
 
 @dataclass
@@ -90,14 +90,14 @@ class AttentionConfig:
         check(self.index_topk > 0, f"attention.index_topk must be > 0, got {self.index_topk}")
         check(self.q_lora_rank >= 0, f"attention.q_lora_rank must be >= 0, got {self.q_lora_rank}")
         check(self.num_attention_heads % self.o_groups == 0,
-               f"attention.num_attention_heads ({self.num_attention_heads}) must be divisible by "
-               f"attention.o_groups ({self.o_groups})")
+              f"attention.num_attention_heads ({self.num_attention_heads}) must be divisible by "
+              f"attention.o_groups ({self.o_groups})")
         check(0 < self.qk_rope_head_dim <= self.head_dim and self.qk_rope_head_dim % 2 == 0,
-               f"attention.qk_rope_head_dim ({self.qk_rope_head_dim}) must be even and in (0, head_dim="
-               f"{self.head_dim}]")
+              f"attention.qk_rope_head_dim ({self.qk_rope_head_dim}) must be even and in (0, head_dim="
+              f"{self.head_dim}]")
         check(self.index_head_dim % 2 == 0 and self.qk_rope_head_dim <= self.index_head_dim,
-               f"attention.index_head_dim ({self.index_head_dim}) must be even and >= qk_rope_head_dim "
-               f"({self.qk_rope_head_dim})")
+              f"attention.index_head_dim ({self.index_head_dim}) must be even and >= qk_rope_head_dim "
+              f"({self.qk_rope_head_dim})")
 
 
 @dataclass
@@ -119,22 +119,22 @@ class MoEConfig:
 
     def __post_init__(self) -> None:
         check(self.scoring_func in SCORING_FUNCS,
-               f"moe.scoring_func must be one of {SCORING_FUNCS}, got {self.scoring_func!r}")
+              f"moe.scoring_func must be one of {SCORING_FUNCS}, got {self.scoring_func!r}")
         check(self.n_routed_experts > 0, f"moe.n_routed_experts must be > 0, got {self.n_routed_experts}")
         check(0 < self.num_experts_per_tok <= self.n_routed_experts,
-               f"moe.num_experts_per_tok ({self.num_experts_per_tok}) must be in [1, n_routed_experts="
-               f"{self.n_routed_experts}]")
+              f"moe.num_experts_per_tok ({self.num_experts_per_tok}) must be in [1, n_routed_experts="
+              f"{self.n_routed_experts}]")
         check(self.n_shared_experts >= 0, f"moe.n_shared_experts must be >= 0, got {self.n_shared_experts}")
         check(self.moe_intermediate_size > 0, f"moe.moe_intermediate_size must be > 0, got {self.moe_intermediate_size}")
         check(self.n_group > 0 and self.n_routed_experts % self.n_group == 0,
-               f"moe.n_routed_experts ({self.n_routed_experts}) must be divisible by moe.n_group ({self.n_group})")
+              f"moe.n_routed_experts ({self.n_routed_experts}) must be divisible by moe.n_group ({self.n_group})")
         check(0 < self.topk_group <= self.n_group,
-               f"moe.topk_group ({self.topk_group}) must be in [1, n_group={self.n_group}]")
+              f"moe.topk_group ({self.topk_group}) must be in [1, n_group={self.n_group}]")
         check(self.num_experts_per_tok <= self.topk_group * (self.n_routed_experts // self.n_group),
-               f"moe.num_experts_per_tok ({self.num_experts_per_tok}) exceeds the experts in topk_group "
-               f"({self.topk_group}) groups of {self.n_routed_experts // self.n_group}")
+              f"moe.num_experts_per_tok ({self.num_experts_per_tok}) exceeds the experts in topk_group "
+              f"({self.topk_group}) groups of {self.n_routed_experts // self.n_group}")
         check(self.swiglu_limit is None or self.swiglu_limit > 0,
-               f"moe.swiglu_limit must be > 0 or None, got {self.swiglu_limit}")
+              f"moe.swiglu_limit must be > 0 or None, got {self.swiglu_limit}")
 
 
 @dataclass
@@ -186,8 +186,8 @@ class NSAConfig:
         for name in ("num_key_value_heads", "block_size", "block_count", "window_size"):
             check(getattr(self, name) > 0, f"nsa.{name} must be > 0, got {getattr(self, name)}")
         check(0 <= self.local_blocks and 1 + self.local_blocks <= self.block_count,
-               f"nsa.block_count ({self.block_count}) must cover the initial block and nsa.local_blocks "
-               f"({self.local_blocks})")
+              f"nsa.block_count ({self.block_count}) must cover the initial block and nsa.local_blocks "
+              f"({self.local_blocks})")
 
 
 @dataclass
@@ -221,7 +221,7 @@ class EngramConfig:
         check(is_prime(self.table_size), f"engram.table_size must be a prime number, got {self.table_size}")
         heads = (self.max_ngram - 1) * self.n_heads
         check(self.d_mem > 0 and self.d_mem % heads == 0,
-               f"engram.d_mem ({self.d_mem}) must be a positive multiple of (max_ngram - 1) * n_heads = {heads}")
+              f"engram.d_mem ({self.d_mem}) must be a positive multiple of (max_ngram - 1) * n_heads = {heads}")
         check(self.kernel_size > 0, f"engram.kernel_size must be > 0, got {self.kernel_size}")
         check(self.pad_id >= 0, f"engram.pad_id must be >= 0, got {self.pad_id}")
 
@@ -276,17 +276,17 @@ class BackboneConfig:
             bad = sorted({t for t in types if t not in allowed})
             check(not bad, f"unknown {name} {bad}; allowed: {allowed}")
         check("dense" not in self.mlp_layer_types or self.moe.intermediate_size > 0,
-               f"'dense' MLP layers need moe.intermediate_size > 0, got {self.moe.intermediate_size}")
+              f"'dense' MLP layers need moe.intermediate_size > 0, got {self.moe.intermediate_size}")
         check(self.num_nextn_predict_layers >= 0,
-               f"num_nextn_predict_layers must be >= 0, got {self.num_nextn_predict_layers}")
+              f"num_nextn_predict_layers must be >= 0, got {self.num_nextn_predict_layers}")
         bad_layers = [i for i in self.engram.layers if not 0 <= i < n]
         check(not bad_layers, f"engram.layers {bad_layers} out of range [0, num_hidden_layers={n})")
         check(not self.engram.layers or self.engram.pad_id < self.vocab_size,
-               f"engram.pad_id ({self.engram.pad_id}) must be < vocab_size ({self.vocab_size})")
+              f"engram.pad_id ({self.engram.pad_id}) must be < vocab_size ({self.vocab_size})")
         if "nsa" in self.layer_types:
             check(self.attention.num_attention_heads % self.nsa.num_key_value_heads == 0,
-                   f"attention.num_attention_heads ({self.attention.num_attention_heads}) must be divisible by "
-                   f"nsa.num_key_value_heads ({self.nsa.num_key_value_heads})")
+                  f"attention.num_attention_heads ({self.attention.num_attention_heads}) must be divisible by "
+                  f"nsa.num_key_value_heads ({self.nsa.num_key_value_heads})")
         for token in ("bos_token_id", "eos_token_id", "pad_token_id"):
             v = getattr(self, token)
             check(v is None or 0 <= v < self.vocab_size, f"{token} ({v}) must be in [0, vocab_size={self.vocab_size})")

@@ -96,19 +96,19 @@ class TrainConfig:
             check(int(getattr(self, name)) > 0, f"{name} must be > 0, got {getattr(self, name)}")
         repeats = self.flow_repeats if isinstance(self.flow_repeats, dict) else {"image": self.flow_repeats}
         check(not set(repeats) - {"image", "video"} and all(isinstance(v, int) and v >= 1 for v in repeats.values()),
-               f"flow_repeats must be an integer >= 1, or a dict of them for 'image' / 'video', got "
-               f"{self.flow_repeats!r}")
+              f"flow_repeats must be an integer >= 1, or a dict of them for 'image' / 'video', got "
+              f"{self.flow_repeats!r}")
         check(0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}")
         check(isinstance(self.flow_head, dict), f"flow_head must be a dict of FlowHeadConfig overrides, got "
                                                  f"{self.flow_head!r}")
         if self.flow_head and set(self.flow_head) <= {"image", "video"}:
             check(all(isinstance(v, dict) for v in self.flow_head.values()),
-                   f"flow_head per head must map 'image' / 'video' to dicts of overrides, got {self.flow_head!r}")
+                  f"flow_head per head must map 'image' / 'video' to dicts of overrides, got {self.flow_head!r}")
         cache = self.latent_cache if isinstance(self.latent_cache, dict) else {"image": self.latent_cache}
         check(not set(cache) - {"image", "video"},
-               f"latent_cache keys must be 'image' and/or 'video', got {sorted(set(cache) - {'image', 'video'})}")
+              f"latent_cache keys must be 'image' and/or 'video', got {sorted(set(cache) - {'image', 'video'})}")
         check(all(isinstance(v, int) and v >= 0 for v in cache.values()),
-               f"latent_cache must be an integer >= 0 (or a dict of them), got {self.latent_cache!r}")
+              f"latent_cache must be an integer >= 0 (or a dict of them), got {self.latent_cache!r}")
         for name in ("warmup_steps", "log_every", "eval_every", "save_every", "score_samples"):
             check(int(getattr(self, name)) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         check(self.seq_len >= 4, f"seq_len must be >= 4, got {self.seq_len}")
@@ -118,10 +118,10 @@ class TrainConfig:
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         check(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         check(self.warmup_steps <= self.max_steps,
-               f"warmup_steps ({self.warmup_steps}) must be <= max_steps ({self.max_steps})")
+              f"warmup_steps ({self.warmup_steps}) must be <= max_steps ({self.max_steps})")
         check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
         check(len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
-               f"betas must be two numbers in [0, 1), got {self.betas}")
+              f"betas must be two numbers in [0, 1), got {self.betas}")
         check(self.eps > 0, f"eps must be > 0, got {self.eps}")
         check(self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}")
         check(self.mtp_weight >= 0, f"mtp_weight must be >= 0, got {self.mtp_weight}")
