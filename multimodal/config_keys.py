@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable
+from typing import Any
 
 
 def check(cond: bool, msg: str) -> None:
@@ -17,10 +17,8 @@ def check(cond: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
-def reject_unknown_keys(cls: type, data: dict[str, Any], name: str | None = None,
-                        ignore: Iterable[str] = ()) -> None:
+def reject_unknown_keys(cls: type, data: dict[str, Any], name: str | None = None) -> None:
     """Raise `ValueError("unknown <name> keys: [...]")` (sorted) if `data` has keys that are not fields of the
-    dataclass `cls` (`name` defaults to the class name; keys in `ignore` are allowed)."""
-    allowed = {f.name for f in dataclasses.fields(cls)} | set(ignore)
-    unknown = sorted(set(data) - allowed)
+    dataclass `cls` (`name` defaults to the class name)."""
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
     check(not unknown, f"unknown {name or cls.__name__} keys: {unknown}")

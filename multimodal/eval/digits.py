@@ -180,6 +180,8 @@ def glyph_crops(test: bool, colours_per_glyph: int = 4, mp4_fraction: float = 0.
 def augment_crops(x: torch.Tensor, config: DigitTrainingConfig, generator: torch.Generator) -> torch.Tensor:
     """Crops (N, 1, S, S) -> the same crops, a ``config.augment_fraction`` share of them warped by a random affine
     map (rotation, shear, zoom and shift drawn uniformly within the config's bounds; bilinear, zeros outside)."""
+    if config.augment_fraction == 0:
+        return x                      # no draws from `generator`: the same shuffles as training without warps
     n, side = x.shape[0], x.shape[-1]
     u = torch.rand(n, 6, generator=generator) * 2 - 1                            # [N, 6] in [-1, 1]
     angle = u[:, 0] * config.max_rotation * torch.pi / 180
@@ -215,8 +217,7 @@ def train_digit_classifier(config: DigitTrainingConfig | None = None) -> DigitCl
             order = torch.randperm(len(x), generator=gen)
             for i in range(0, len(x), config.batch_size):
                 idx = order[i : i + config.batch_size]
-                batch = augment_crops(x[idx], config, gen) if config.augment_fraction > 0 else x[idx]
-                loss = F.cross_entropy(net(batch), y[idx])
+                loss = F.cross_entropy(net(augment_crops(x[idx], config, gen)), y[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
