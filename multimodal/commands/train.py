@@ -3,6 +3,7 @@
     multimodal train --preset debug --out runs/lm                      # LM on the world's captions
     multimodal train --config my_run.json --data photos/ --out runs/mine --device cuda
     multimodal train --out runs/lm --resume                            # continue where the run stopped
+    multimodal train --init-from shapes --data photos/ --out runs/ft   # fine-tune the built-in model
     multimodal train autoencoder --out runs/ae --max-time 600          # the causal 3D autoencoder
     python -m multimodal train ...   /   torchrun -m multimodal train ...
 
@@ -33,6 +34,9 @@ def add_parser(sub) -> None:
     p.add_argument("--data", default=None, help="'world', or a folder / .jsonl of (image or video, caption) pairs")
     p.add_argument("--out", required=True, help="output folder (checkpoints, metrics, final model)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--init-from", default=None,
+                   help="start from a trained model: a pipeline folder or built-in name (e.g. shapes), or a text "
+                        "run's model/ folder; its architecture and tokenizer are used (fine-tuning)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     p.add_argument("--max-steps", type=int, default=None, help="optimizer updates (also the schedule's length)")
     p.add_argument("--max-time", type=float, default=None, help="stop cleanly after this many seconds")
@@ -64,7 +68,8 @@ def model_config(args):
     else:
         cfg = train_preset(args.preset or "debug")
     changes = {k: v for k, v in (("data", args.data), ("device", args.device), ("max_steps", args.max_steps),
-                                 ("max_time", args.max_time), ("seed", args.seed)) if v is not None}
+                                 ("max_time", args.max_time), ("seed", args.seed),
+                                 ("init_from", getattr(args, "init_from", None))) if v is not None}
     if args.no_progress:
         changes["progress"] = False
     if "max_steps" in changes and changes["max_steps"] < cfg.warmup_steps:
@@ -136,9 +141,9 @@ def run_autoencoder(args) -> int:
         data["minutes"] = args.max_time / 60.0
     if args.seed is not None:
         data["seed"] = args.seed
-    for flag in ("data", "device", "preset"):
+    for flag in ("data", "device", "preset", "init_from"):
         if getattr(args, flag) not in (None, "world"):
-            raise ValueError(f"--{flag} is not used by autoencoder training (it trains on the world's frames on CPU)")
+            raise ValueError(f"--{flag.replace('_', '-')} is not used by autoencoder training (it trains on the world's frames on CPU)")
     Path(data["out"]).parent.mkdir(parents=True, exist_ok=True)
     cfg = AutoencoderTrainConfig(**data)
     _, summary = train_autoencoder(cfg, AutoencoderConfig(**model_kwargs), log=lambda s: print(s, flush=True))

@@ -45,7 +45,10 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)   # BackboneConfig field overrides (sub-configs as dicts)
     flow_head: dict[str, Any] = field(default_factory=dict)   # media runs: FlowHeadConfig overrides of both heads,
                                                # or {"image": {...}, "video": {...}} for each head apart
-    autoencoder: str = ""                      # media tasks: the frozen autoencoder's weights ("" = the shipped ones)
+    autoencoder: str = ""                      # media tasks: the frozen autoencoder's weights ("" = the shipped ones,
+                                               # or init_from's)
+    init_from: str = ""                        # start from a trained model's weights and tokenizer (`warm_start`): a
+                                               # pipeline folder or built-in name, or a text run's model/ folder
     # data
     data: str = "world"                        # "world", or a folder / .jsonl of (image or video, caption) pairs
     tasks: dict[str, float] = field(default_factory=lambda: {"text": 1.0})

@@ -17,7 +17,8 @@ Output folder `out`:
 
 Options of the media runs: `latent_cache` trains on latents encoded once before the first update
 (`latent_cache`), `flow_repeats` draws several noise levels per backbone pass, `ema_decay` keeps an exponential
-moving average of the weights (`ema`), which evaluation and export use.
+moving average of the weights (`ema`), which evaluation and export use. `init_from` starts from a trained model's
+weights, tokenizer and autoencoder (fine-tuning, `warm_start`).
 
 Exact resume: a checkpoint holds the weights and buffers (and the EMA shadows), the optimizer state, the schedule step, each task's
 data position and every RNG; the task of each micro-batch is a pure function of (seed, step, micro); evaluation
@@ -57,6 +58,7 @@ from .optimizer import build_optimizer
 from .schedule import WarmupCosine
 from .tasks import TEXT_TASKS, SampleStream, TaskMix, TextTask, caption_of
 from .validation import validation_loss
+from .warm_start import WarmStart, check_overrides, load_warm_start
 
 Evaluator = Callable[["Trainer"], dict[str, float]]
 
@@ -116,6 +118,7 @@ class Trainer:
         self.skipped_items = 0
         self.train_seconds = 0.0             # seconds spent in updates, summed over resumes
         self._resume_from: Path | None = None
+        self.warm: WarmStart | None = None
         self._setup()
         self._last_saved = self.step if self._resume_from is not None else -1
 
@@ -156,11 +159,17 @@ class Trainer:
         return train, val
 
     def build_tokenizer(self, train: Dataset):
-        """The run's BPE: loaded from `out/tokenizer.json` when resuming, else trained on the training captions."""
+        """The run's BPE: loaded from `out/tokenizer.json` when resuming, else the `init_from` checkpoint's, else
+        trained on the training captions."""
         from ..tokenizers.text import TextTokenizer
         path = self.out / "tokenizer.json"
         if path.is_file() and self._resume_from is not None:
             return TextTokenizer.from_file(path)
+        if self.warm is not None:
+            tok = TextTokenizer.from_file(self.warm.tokenizer_file)
+            if self.is_main_process():
+                tok.save(path)
+            return tok
         n = min(len(train), TOKENIZER_CORPUS)
         captions = [caption_of(train, i) for i in range(n)]
         tok = TextTokenizer.train(captions, vocab_size=self.config.vocab_size)
@@ -169,13 +178,17 @@ class Trainer:
         return tok
 
     def backbone_config(self) -> BackboneConfig:
-        """The backbone: the preset, the config's `model` overrides, and the tokenizer's vocabulary and ids."""
+        """The backbone: the preset, the config's `model` overrides, and the tokenizer's vocabulary and ids (with
+        `init_from`: the checkpoint's)."""
         cfg = self.config
-        vocab = -(-self.tokenizer.vocab_size // 64) * 64          # round up: friendlier matmul shapes
-        backbone = preset(cfg.preset).replace(**cfg.model)
-        backbone = backbone.replace(vocab_size=max(vocab, backbone.vocab_size if "vocab_size" in cfg.model else 0),
-                                    bos_token_id=self.tokenizer.bos_id, eos_token_id=self.tokenizer.eos_id,
-                                    pad_token_id=self.tokenizer.pad_id)
+        if self.warm is not None:
+            backbone = self.warm.config.backbone if self.trains_media else self.warm.config
+        else:
+            vocab = -(-self.tokenizer.vocab_size // 64) * 64          # round up: friendlier matmul shapes
+            backbone = preset(cfg.preset).replace(**cfg.model)
+            backbone = backbone.replace(vocab_size=max(vocab, backbone.vocab_size if "vocab_size" in cfg.model else 0),
+                                        bos_token_id=self.tokenizer.bos_id, eos_token_id=self.tokenizer.eos_id,
+                                        pad_token_id=self.tokenizer.pad_id)
         if backbone.max_position_embeddings < cfg.seq_len:
             raise ValueError(f"seq_len ({cfg.seq_len}) exceeds the model's max_position_embeddings "
                              f"({backbone.max_position_embeddings})")
@@ -183,7 +196,9 @@ class Trainer:
 
     def model_config(self):
         """`BackboneConfig` for text-only runs; the unified model's `ModelConfig` (heads sized by the preset, latent
-        channels from the autoencoder) when a task sees pixels."""
+        channels from the autoencoder) when a task sees pixels; with `init_from`, the checkpoint's."""
+        if self.warm is not None and self.trains_media:
+            return self.warm.config
         if not self.trains_media:
             return self.backbone_config()
         from ..model import TokenIds, model_preset
@@ -213,17 +228,27 @@ class Trainer:
         if not self.trains_media:
             return None
         from ..tokenizers.autoencoder import CausalAutoencoder
-        ae = CausalAutoencoder.from_pretrained(self.config.autoencoder or None, device=self.device)
+        weights = self.config.autoencoder or (self.warm.autoencoder_file if self.warm is not None else None)
+        ae = CausalAutoencoder.from_pretrained(weights, device=self.device)
+        if self.warm is not None and ae.config.latent_channels != self.warm.config.latent_channels:
+            raise ValueError(f"autoencoder {weights}: {ae.config.latent_channels} latent channels, but the init_from "
+                             f"model {self.warm.path} was trained on {self.warm.config.latent_channels}")
         ae.requires_grad_(False)
         return ae.eval()
 
     def build_model(self) -> nn.Module:
-        """A freshly initialised model on `self.device` (seeded: identical in every run with the same seed)."""
+        """A freshly initialised model on `self.device` (seeded: identical in every run with the same seed), holding
+        the `init_from` checkpoint's weights when there is one and the run is not resuming."""
         torch.manual_seed(self.config.seed)
         if self.trains_media:
             from ..model import UnifiedModel
-            return UnifiedModel(self.model_config()).to(self.device)
-        return Transformer(self.model_config()).to(self.device)
+            model = UnifiedModel(self.model_config()).to(self.device)
+        else:
+            model = Transformer(self.model_config()).to(self.device)
+        if self.warm is not None and self._resume_from is None:
+            model.load_state_dict(self.warm.tensors, strict=True)
+            self.log(f"starting from the weights of {self.warm.path}")
+        return model
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
         """Hook for parallel wrappers (FSDP2, expert parallel, compile); the plain trainer returns `model`."""
@@ -268,6 +293,9 @@ class Trainer:
             self._check_resumable()
         self.out.mkdir(parents=True, exist_ok=True)
         seed_everything(cfg.seed)
+        if cfg.init_from:
+            self.warm = load_warm_start(cfg.init_from, self.trains_media)
+            check_overrides(self.warm, cfg.model, {k: cfg.flow_head_overrides(k) for k in ("image", "video")})
         self.train_data, self.val_data = self.build_datasets()
         self.tokenizer = self.build_tokenizer(self.train_data.get("mixed") or next(iter(self.train_data.values())))
         self.autoencoder = self.build_autoencoder()

@@ -1,0 +1,133 @@
+"""`init_from` (warm start): a run starts from a trained model's weights, tokenizer and autoencoder, widened to
+fp32 when stored in bf16; a resumed warm-started run continues from its checkpoint, not from the start weights;
+architecture overrides that disagree with the checkpoint, a wrong path and an autoencoder of another latent width
+are errors naming them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from multimodal.cli import main
+from multimodal.pipelines.base import ModelNotFoundError, MultimodalPipeline, cast_keeping_fp32
+from multimodal.tokenizers.autoencoder import CausalAutoencoder
+from multimodal.tokenizers.config import AutoencoderConfig
+from multimodal.training.media_tasks import MEDIA_TASKS
+from multimodal.training.trainer import Trainer
+
+from .conftest import TINY
+
+QUIET = dict(log=lambda s: None)
+
+
+@pytest.fixture(scope="module")
+def bf16_pipeline(tmp_path_factory):
+    """A 2-update unified-model run's pipeline (small autoencoder), saved again with its weights cast to bf16 the
+    way the built-in model ships."""
+    root = tmp_path_factory.mktemp("warm")
+    torch.manual_seed(0)
+    ae = root / "ae.safetensors"
+    CausalAutoencoder(AutoencoderConfig(channels=(8, 16, 16), latent_channels=16)).save_pretrained(ae)
+    cfg = _media(autoencoder=str(ae), max_steps=2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        Trainer(cfg, root / "run", **QUIET).train()
+    finally:
+        torch.set_num_threads(before)
+    pipe = MultimodalPipeline.from_pretrained(root / "run" / "pipeline")
+    cast_keeping_fp32(pipe.model, torch.bfloat16)
+    return pipe.save_pretrained(root / "bf16")
+
+
+def _media(**changes):
+    from multimodal.training.config import TrainConfig
+    tasks = {"text": 1.0, **{name: 1.0 for name in MEDIA_TASKS}}
+    return TrainConfig(**{**TINY, "tasks": tasks, "grad_accum": 3, **changes})
+
+
+def test_a_media_run_starts_from_the_pipeline(tmp_path, bf16_pipeline):
+    pipe = MultimodalPipeline.from_pretrained(bf16_pipeline)
+    stored = load_file(str(bf16_pipeline / "model" / "model.safetensors"))
+    assert {t.dtype for t in stored.values()} >= {torch.bfloat16, torch.float32}
+    # preset "tiny" and another vocabulary would be a different model: the checkpoint's architecture wins
+    cfg = _media(init_from=str(bf16_pipeline), preset="tiny", vocab_size=512, seed=5, max_steps=2)
+    trainer = Trainer(cfg, tmp_path / "ft", **QUIET)
+    assert set(stored) == set(trainer.model.state_dict())
+    for key, value in stored.items():
+        mine = trainer.model.state_dict()[key]
+        assert mine.dtype == (torch.float32 if value.is_floating_point() else value.dtype), key
+        assert torch.equal(mine, value.float() if value.is_floating_point() else value), key
+    assert trainer.model.config.to_dict() == pipe.model.config.to_dict()
+    assert (tmp_path / "ft" / "tokenizer.json").read_text() == \
+        (bf16_pipeline / "tokenizer" / "tokenizer.json").read_text()
+    for key, value in pipe.vae.state_dict().items():           # autoencoder="" takes the pipeline's
+        assert torch.equal(trainer.autoencoder.state_dict()[key], value), key
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert any(not torch.equal(start[k], v) for k, v in trainer.model.state_dict().items())
+    out = MultimodalPipeline.from_pretrained(tmp_path / "ft" / "pipeline")
+    assert out.model.config.to_dict() == pipe.model.config.to_dict()
+
+
+def test_resume_continues_from_the_checkpoint_not_the_start(tmp_path, bf16_pipeline):
+    cfg = _media(init_from=str(bf16_pipeline), max_steps=4)
+    first = Trainer(cfg, tmp_path / "ft", **QUIET)
+    for _ in range(2):
+        first.train_step()
+    first.save()
+    trained = {k: v.clone() for k, v in first.model.state_dict().items()}
+    again = Trainer(cfg, tmp_path / "ft", resume=True, **QUIET)
+    assert again.step == 2
+    for key, value in trained.items():
+        assert torch.equal(again.model.state_dict()[key], value), key
+
+
+def test_a_text_run_starts_from_a_text_model_folder(tmp_path, tiny_config):
+    first = Trainer(tiny_config.replace(max_steps=2), tmp_path / "lm", **QUIET)
+    first.train()
+    source = tmp_path / "lm" / "model"
+    warm = Trainer(tiny_config.replace(init_from=str(source), seed=3), tmp_path / "ft", **QUIET)
+    for key, value in first.model.state_dict().items():
+        assert torch.equal(warm.model.state_dict()[key], value), key
+    scratch = Trainer(tiny_config.replace(seed=3), tmp_path / "scratch", **QUIET)
+    assert any(not torch.equal(scratch.model.state_dict()[k], v) for k, v in warm.model.state_dict().items())
+    assert (tmp_path / "ft" / "tokenizer.json").read_text() == (source / "tokenizer.json").read_text()
+
+
+def test_disagreeing_overrides_name_the_fields(tmp_path, bf16_pipeline):
+    width = json.loads((bf16_pipeline / "model" / "config.json").read_text())["image_head"]["width"]
+    cfg = _media(init_from=str(bf16_pipeline), model={"hidden_size": 48, "attention": {"sliding_window": 7}},
+                 flow_head={"image": {"width": width * 2}})
+    with pytest.raises(ValueError) as err:
+        Trainer(cfg, tmp_path / "ft", **QUIET)
+    for part in ("model.hidden_size: 32 -> 48", "model.attention.sliding_window", f"flow_head.image.width: {width}"):
+        assert part in str(err.value)
+    # overrides equal to the checkpoint's are accepted
+    Trainer(_media(init_from=str(bf16_pipeline), model={"hidden_size": 32}), tmp_path / "ok", **QUIET)
+
+
+def test_bad_start_points_are_named(tmp_path, bf16_pipeline, tiny_config):
+    with pytest.raises(ModelNotFoundError, match="nowhere"):
+        Trainer(_media(init_from=str(tmp_path / "nowhere")), tmp_path / "a", **QUIET)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        Trainer(tiny_config.replace(init_from=str(tmp_path)), tmp_path / "b", **QUIET)
+    narrow = tmp_path / "ae8.safetensors"
+    CausalAutoencoder(AutoencoderConfig(channels=(8, 16, 16), latent_channels=8)).save_pretrained(narrow)
+    with pytest.raises(ValueError, match="8 latent channels, but the init_from model"):
+        Trainer(_media(init_from=str(bf16_pipeline), autoencoder=str(narrow)), tmp_path / "c", **QUIET)
+
+
+def test_the_cli_flag(tmp_path, bf16_pipeline, capsys):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(_media(max_steps=1).to_dict()))
+    out = tmp_path / "ft"
+    assert main(["train", "--config", str(cfg), "--init-from", str(bf16_pipeline), "--out", str(out),
+                 "--no-progress"]) == 0
+    assert json.loads((out / "train_config.json").read_text())["init_from"] == str(bf16_pipeline)
+    assert f"starting from the weights of {bf16_pipeline}" in capsys.readouterr().out
+    assert main(["train", "autoencoder", "--init-from", "shapes", "--out", str(tmp_path / "ae")]) == 2
+    assert "--init-from is not used by autoencoder training" in capsys.readouterr().err
