@@ -223,6 +223,14 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
                         latent_cache={"image": 100_000, "video": 30_000}, flow_repeats={"image": 2}, ema_decay=0.999,
                         eval_every=500, eval_batches=2, save_every=250),
 }
+# its second stage: the same model and mix from the weights stage 1 left in the package (`init_from="shapes"`,
+# fine-tuning) for 800 more updates, sized for ~1.3 hours of an AVX2-only 2-core CPU (no bf16 matmul units: there
+# bf16 autocast is ~100x slower than fp32, so precision "auto" = fp32 on the CPU): a warm restart of the schedule at
+# a lower peak, a new data order, fewer cached latents
+TRAIN_PRESETS["shapes-demo-2"] = {**copy.deepcopy(TRAIN_PRESETS["shapes-demo"]),
+                                  **dict(init_from="shapes", seed=1, max_steps=800, warmup_steps=50, lr=6e-4,
+                                         precision="auto", latent_cache={"image": 25_000, "video": 6_000},
+                                         eval_every=400, save_every=200)}
 
 
 def train_preset(name: str) -> TrainConfig:

@@ -38,7 +38,8 @@ def test_bad_values_are_named(field, value, message):
 
 
 def test_presets():
-    backbones = {"debug": "debug", "tiny": "tiny", "mix-debug": "debug", "mix-tiny": "tiny", "shapes-demo": "tiny"}
+    backbones = {"debug": "debug", "tiny": "tiny", "mix-debug": "debug", "mix-tiny": "tiny", "shapes-demo": "tiny",
+                 "shapes-demo-2": "tiny"}
     assert set(TRAIN_PRESETS) == set(backbones)
     for name in TRAIN_PRESETS:
         cfg = train_preset(name)
