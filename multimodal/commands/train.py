@@ -143,7 +143,8 @@ def run_autoencoder(args) -> int:
         data["seed"] = args.seed
     for flag in ("data", "device", "preset", "init_from"):
         if getattr(args, flag) not in (None, "world"):
-            raise ValueError(f"--{flag.replace('_', '-')} is not used by autoencoder training (it trains on the world's frames on CPU)")
+            raise ValueError(f"--{flag.replace('_', '-')} is not used by autoencoder training (it trains on the "
+                             f"world's frames on CPU)")
     Path(data["out"]).parent.mkdir(parents=True, exist_ok=True)
     cfg = AutoencoderTrainConfig(**data)
     _, summary = train_autoencoder(cfg, AutoencoderConfig(**model_kwargs), log=lambda s: print(s, flush=True))
