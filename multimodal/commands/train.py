@@ -69,7 +69,7 @@ def model_config(args):
         cfg = train_preset(args.preset or "debug")
     changes = {k: v for k, v in (("data", args.data), ("device", args.device), ("max_steps", args.max_steps),
                                  ("max_time", args.max_time), ("seed", args.seed),
-                                 ("init_from", getattr(args, "init_from", None))) if v is not None}
+                                 ("init_from", args.init_from)) if v is not None}
     if args.no_progress:
         changes["progress"] = False
     if "max_steps" in changes and changes["max_steps"] < cfg.warmup_steps:

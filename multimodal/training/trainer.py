@@ -182,7 +182,7 @@ class Trainer:
         `init_from`: the checkpoint's)."""
         cfg = self.config
         if self.warm is not None:
-            backbone = self.warm.config.backbone if self.trains_media else self.warm.config
+            backbone = self.warm.backbone
         else:
             vocab = -(-self.tokenizer.vocab_size // 64) * 64          # round up: friendlier matmul shapes
             backbone = preset(cfg.preset).replace(**cfg.model)
@@ -245,9 +245,11 @@ class Trainer:
             model = UnifiedModel(self.model_config()).to(self.device)
         else:
             model = Transformer(self.model_config()).to(self.device)
-        if self.warm is not None and self._resume_from is None:
-            model.load_state_dict(self.warm.tensors, strict=True)
-            self.log(f"starting from the weights of {self.warm.path}")
+        if self.warm is not None:
+            tensors, self.warm.tensors = self.warm.tensors, None     # from here on only the model holds them
+            if self._resume_from is None:
+                model.load_state_dict(tensors, strict=True)
+                self.log(f"starting from the weights of {self.warm.path}")
         return model
 
     def wrap_model(self, model: nn.Module) -> nn.Module:

@@ -13,13 +13,11 @@ fp32. The optimizer, the schedule, the EMA and the data position start fresh; co
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from ..config import BackboneConfig
 
@@ -30,34 +28,34 @@ class WarmStart:
 
     path: Path
     config: Any                          # ModelConfig (unified model) or BackboneConfig (text-only)
-    tensors: dict[str, torch.Tensor]     # state-dict keys of the model -> fp32 (floating) tensors
+    tensors: dict[str, torch.Tensor] | None   # its fp32 state dict, until the run's model takes it (then None)
     tokenizer_file: Path
     autoencoder_file: Path | None        # the pipeline's autoencoder, None for text-only checkpoints
 
-
-def _widened(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    @property
+    def backbone(self) -> BackboneConfig:
+        return self.config.backbone if hasattr(self.config, "backbone") else self.config
 
 
 def load_warm_start(name_or_path: str, media: bool) -> WarmStart:
     """The checkpoint `name_or_path` names: a pipeline folder or built-in model name when `media`, else a text
     model folder. Raises FileNotFoundError (ModelNotFoundError for pipelines) naming the path when it is not one."""
     if media:
-        from ..model import ModelConfig
+        from ..model import UnifiedModel
         from ..pipelines.base import resolve_model_path
         path = resolve_model_path(name_or_path)
-        config = ModelConfig.from_dict(json.loads((path / "model" / "config.json").read_text()))
-        tensors = _widened(load_file(str(path / "model" / "model.safetensors")))
+        model = UnifiedModel.from_pretrained(path / "model")             # fp32, whatever the stored dtype
         vae = path / "vae" / "autoencoder.safetensors"
-        return WarmStart(path, config, tensors, path / "tokenizer" / "tokenizer.json", vae if vae.is_file() else None)
+        return WarmStart(path, model.config, model.state_dict(), path / "tokenizer" / "tokenizer.json",
+                         vae if vae.is_file() else None)
     from ..convert.checkpoint import load_pretrained
     path = Path(name_or_path)
     for name in ("config.json", "tokenizer.json"):
         if not (path / name).is_file():
             raise FileNotFoundError(f"init_from {path}: no {name} (a text-only run starts from the model/ folder a "
                                     f"text run exports)")
-    model = load_pretrained(path)
-    return WarmStart(path, model.config, _widened(model.state_dict()), path / "tokenizer.json", None)
+    model = load_pretrained(path)                                         # fp32
+    return WarmStart(path, model.config, model.state_dict(), path / "tokenizer.json", None)
 
 
 def _differences(base: dict[str, Any], overrides: dict[str, Any], prefix: str = "") -> list[str]:
@@ -75,8 +73,7 @@ def _differences(base: dict[str, Any], overrides: dict[str, Any], prefix: str = 
 def check_overrides(warm: WarmStart, model: dict[str, Any], flow_heads: dict[str, dict[str, Any]]) -> None:
     """ValueError naming every `model` (BackboneConfig) or per-head `flow_heads` override that disagrees with the
     checkpoint's architecture."""
-    backbone: BackboneConfig = warm.config.backbone if hasattr(warm.config, "backbone") else warm.config
-    diffs = [f"model.{d}" for d in _differences(backbone.to_dict(), model)]
+    diffs = [f"model.{d}" for d in _differences(warm.backbone.to_dict(), model)]
     for kind, overrides in flow_heads.items():
         if overrides and hasattr(warm.config, f"{kind}_head"):
             head = getattr(warm.config, f"{kind}_head").to_dict()
