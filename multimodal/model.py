@@ -192,6 +192,26 @@ class SequenceBatch:
     query_index: torch.Tensor | None = None
 
 
+@dataclass
+class PackedText:
+    """Token ids of a batch as one tensor: ids [B, L] (right-padded; entries past a row's length are ignored) and
+    lengths [B] long. The form the whole-batch builders take, so a batch never passes through Python lists."""
+
+    ids: torch.Tensor
+    lengths: torch.Tensor
+
+    @classmethod
+    def from_lists(cls, rows: Sequence[Sequence[int]], pad: int, device: torch.device | str = "cpu") -> "PackedText":
+        width = max([len(r) for r in rows] + [1])
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor([int(t) for t in r], dtype=torch.long)
+        return cls(ids.to(device), torch.tensor([len(r) for r in rows], dtype=torch.long, device=device))
+
+    def to_lists(self) -> list[list[int]]:
+        return [row[:n] for row, n in zip(self.ids.tolist(), self.lengths.tolist())]
+
+
 class UnifiedModel(nn.Module):
     """Backbone + visual token embedding + learned queries + image / video flow heads (the LM head is the backbone's)."""
 
@@ -350,26 +370,105 @@ class UnifiedModel(nn.Module):
                              pad_token_id=self.config.token_ids.pad)
 
     # --------------------------------------------------------------------------------------------------- training
-    def generation_loss(self, prompts: Sequence[Sequence[int]], latents: torch.Tensor, kind: str,
+    def packed_generation_batch(self, prompts: "PackedText", kind: str) -> SequenceBatch:
+        """`<bos> prompt <begin_kind> <kind_gen> x Nq`, right-padded, built with whole-batch tensor ops (no per-sample
+        Python, no host synchronisation): equal to `build_batch(prompt_samples(...), "right")` bit for bit.
+
+        prompts: ids [B, L] (entries past each row's length are ignored) and lengths [B] on the model's device."""
+        ids, lengths = prompts.ids.to(self.device), prompts.lengths.to(self.device)
+        tok_ids, dev = self.config.token_ids, self.device
+        begin, slot = (tok_ids.begin_image, tok_ids.image_gen) if kind == "image" else \
+            (tok_ids.begin_video, tok_ids.video_gen)
+        queries = self.image_queries if kind == "image" else self.video_queries            # [Nq, dim]
+        b, width, nq = ids.shape[0], ids.shape[1], queries.shape[0]
+        s = 2 + width + nq
+        pos = torch.arange(s, device=dev).unsqueeze(0)                                     # [1, S]
+        lengths = lengths.unsqueeze(1)                                                     # [B, 1]
+        padded = torch.cat([ids, ids.new_full((b, 2 + nq), tok_ids.pad)], 1)              # [B, S]
+        prompt_tok = padded.gather(1, (pos - 1).clamp(min=0).expand(b, -1))               # prompt token at pos
+        first_q = 2 + lengths                                                              # [B, 1]
+        is_query = (pos >= first_q) & (pos < first_q + nq)                                 # [B, S]
+        tok = torch.where(pos == 0, tok_ids.bos, torch.where(pos <= lengths, prompt_tok, torch.where(
+            pos == 1 + lengths, begin, torch.where(is_query, slot, tok_ids.pad))))         # [B, S]
+        mask = (pos < first_q + nq).long()                                                 # [B, S]
+        base = self.backbone.embed(tok)                                                    # [B, S, dim]
+        q = queries[(pos - first_q).clamp(0, nq - 1)]                                      # [B, S, dim]
+        emb = torch.where(is_query.unsqueeze(-1), q + base, base)
+        modality = torch.where(is_query, QUERY, TEXT)                                      # [B, S]
+        emb = emb + self.modality_embed.weight[modality]
+        modality = modality.masked_fill(mask == 0, -1)
+        query_index = first_q + torch.arange(nq, device=dev)                               # [B, Nq]
+        return SequenceBatch(emb, mask, positions_from_mask(mask), tok, modality, query_index)
+
+    def packed_caption_batch(self, latents: torch.Tensor, kind: str,
+                             captions: "PackedText") -> tuple[SequenceBatch, torch.Tensor]:
+        """`<bos> <begin> visual <end> caption <eos>` for latents [B, C, T', h, w] of one shape, right-padded, with the
+        next-token labels [B, S] (-100 outside `caption <eos>`), built with whole-batch tensor ops. Equal to
+        `build_batch(caption_samples(...))` up to the batched visual projection's rounding."""
+        ids, lengths = captions.ids.to(self.device), captions.lengths.to(self.device)
+        tok_ids, dev = self.config.token_ids, self.device
+        begin, end = (tok_ids.begin_image, tok_ids.end_image) if kind == "image" else \
+            (tok_ids.begin_video, tok_ids.end_video)
+        vis = self.embed_visual(latents.to(dev), kind)                                     # [B, N, dim]
+        b, n, width = vis.shape[0], vis.shape[1], ids.shape[1]
+        col = torch.arange(width + 1, device=dev).unsqueeze(0)                             # [1, L + 1]
+        lengths = lengths.unsqueeze(1)                                                     # [B, 1]
+        text = torch.cat([ids, ids.new_full((b, 1), tok_ids.pad)], 1)                      # [B, L + 1]
+        text = torch.where(col < lengths, text, torch.where(col == lengths, tok_ids.eos, tok_ids.pad))
+        head = torch.stack([ids.new_full((b,), tok_ids.bos), ids.new_full((b,), begin)], 1)  # [B, 2] (no copy)
+        tail = torch.cat([ids.new_full((b, 1), end), text], 1)                             # [B, L + 2]
+        emb = torch.cat([self.embed_text(head), vis, self.embed_text(tail)], 1)           # [B, S, dim]
+        s = emb.shape[1]
+        pos = torch.arange(s, device=dev).unsqueeze(0)                                     # [1, S]
+        mask = (pos < 4 + n + lengths).long()                                              # [B, S]
+        routing = torch.cat([head, ids.new_full((b, n), begin), tail], 1)                  # [B, S]
+        visual = (pos >= 2) & (pos < 2 + n)
+        modality = torch.where(visual, IMAGE if kind == "image" else VIDEO, TEXT).expand(b, -1)
+        modality = modality.masked_fill(mask == 0, -1)
+        labels = torch.cat([routing[:, 1:], routing.new_full((b, 1), -100)], 1)            # next token
+        labels = labels.masked_fill((pos < 2 + n) | (pos > 2 + n + lengths), -100)        # caption <eos> only
+        return SequenceBatch(emb, mask, positions_from_mask(mask), routing, modality), labels
+
+    def generation_loss(self, prompts: "Sequence[Sequence[int]] | PackedText", latents: torch.Tensor, kind: str,
                         generator: torch.Generator | None = None, repeats: int = 1) -> torch.Tensor:
-        """Flow-matching loss of the `kind` head on normalised latents [B, C, T', h, w] given prompt ids.
+        """Flow-matching loss of the `kind` head on normalised latents [B, C, T', h, w] given prompt ids (lists, or a
+        `PackedText` already on the device).
 
         Each prompt is replaced by the empty prompt with probability `condition_dropout`, so the head also learns the
         unconditional velocity that classifier-free guidance needs. `repeats` > 1 runs the backbone once per prompt and
         the head on `repeats` noise levels and noises of each latent (rows [B * repeats], sample-major): more of the
-        head's signal per backbone pass; the loss is the mean over all rows, and `repeats=1` is the plain loss."""
+        head's signal per backbone pass; the loss is the mean over all rows, and `repeats=1` is the plain loss.
+        The dropout is drawn on `generator`'s device, else on the prompts' device (the CPU for lists), so nothing
+        waits for the host."""
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
-        where = generator.device if generator is not None else torch.device("cpu")
-        drop = torch.rand(len(prompts), generator=generator, device=where) < self.config.condition_dropout
-        prompts = [[] if d else list(p) for p, d in zip(prompts, drop.tolist())]
-        cond = self.encode_prompts(prompts, kind)                                       # [B, Nq, dim]
+        if not isinstance(prompts, PackedText):
+            prompts = PackedText.from_lists(prompts, self.config.token_ids.pad)
+        where = generator.device if generator is not None else prompts.lengths.device
+        drop = torch.rand(prompts.lengths.shape[0], generator=generator, device=where) < self.config.condition_dropout
+        prompts = PackedText(prompts.ids, prompts.lengths.masked_fill(drop.to(prompts.lengths.device), 0))
+        cond = self.query_states(self.packed_generation_batch(prompts, kind))          # [B, Nq, dim]
         if repeats > 1:
             cond, latents = cond.repeat_interleave(repeats, 0), latents.repeat_interleave(repeats, 0)
         return flow_matching_loss(self.head(kind), latents, cond, generator=generator)
 
-    def caption_loss(self, latents: Sequence[torch.Tensor], kind: str, captions: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Next-token cross-entropy of `caption <eos>` after `<bos> <begin> visual <end>`; latents [C, T', h, w] each."""
+    def caption_loss(self, latents: "Sequence[torch.Tensor] | torch.Tensor", kind: str,
+                     captions: "Sequence[Sequence[int]] | PackedText") -> torch.Tensor:
+        """Next-token cross-entropy of `caption <eos>` after `<bos> <begin> visual <end>`; latents [C, T', h, w] each
+        (or stacked [B, C, T', h, w]), captions as id lists or a `PackedText`."""
+        if not isinstance(captions, PackedText):
+            captions = PackedText.from_lists(captions, self.config.token_ids.pad)
+        if not torch.is_tensor(latents):
+            if len({tuple(z.shape) for z in latents}) != 1:
+                return self._caption_loss_by_segments(latents, kind, captions.to_lists())
+            latents = torch.stack(list(latents))
+        batch, labels = self.packed_caption_batch(latents, kind, captions)
+        logits = self(batch).logits                                                     # [B, S, V]
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+
+    def _caption_loss_by_segments(self, latents: Sequence[torch.Tensor], kind: str,
+                                  captions: Sequence[Sequence[int]]) -> torch.Tensor:
+        """`caption_loss` for latents of different shapes: one segment list per sample (`build_batch`)."""
         eos = self.config.token_ids.eos
         batch = self.build_batch(self.caption_samples(latents, kind, [list(c) + [eos] for c in captions]), "right")
         logits = self(batch).logits                                                     # [B, S, V]

@@ -173,3 +173,28 @@ def test_save_load_round_trip(model, tmp_path):
         torch.testing.assert_close(again.video_head(x, torch.tensor([300.0]), c), model.video_head(x, torch.tensor([300.0]), c))
     with pytest.raises(FileNotFoundError, match="config.json"):
         UnifiedModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["image", "video"])
+def test_packed_batches_equal_segment_batches(model, kind):
+    """The whole-batch builders the trainer uses give exactly the tensors of `build_batch` over segment lists."""
+    from multimodal.model import PackedText
+
+    pad, eos = model.config.token_ids.pad, model.config.token_ids.eos
+    prompts = [[50, 51, 52], [53], [60, 61, 62, 63, 64]]
+    a = model.build_batch(model.prompt_samples(prompts, kind), "right")
+    b = model.packed_generation_batch(PackedText.from_lists(prompts, pad), kind)
+    for name in ("inputs_embeds", "attention_mask", "position_ids", "routing_ids", "modality", "query_index"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    z = torch.stack([latents(t=1 if kind == "image" else 2, seed=s) for s in range(3)])
+    caps = [[5, 6], [7], [8, 9, 10, 11]]
+    a = model.build_batch(model.caption_samples(list(z), kind, [c + [eos] for c in caps]))
+    b, labels = model.packed_caption_batch(z, kind, PackedText.from_lists(caps, pad))
+    for name in ("inputs_embeds", "attention_mask", "position_ids", "routing_ids", "modality"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    n = z.shape[2] * 16                                                      # visual tokens: T' x (8/2) x (8/2)
+    for i, cap in enumerate(caps):                                           # labels: caption <eos>, shifted by one
+        assert labels[i][labels[i] != -100].tolist() == cap + [eos]
+        assert torch.equal(labels[i, 2 + n:3 + n + len(cap)], torch.tensor(cap + [eos]))
+    with torch.no_grad():
+        assert torch.equal(model._caption_loss_by_segments(list(z), kind, caps), model.caption_loss(z, kind, caps))
