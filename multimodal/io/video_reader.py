@@ -21,7 +21,6 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import av
 import numpy as np
 
 from multimodal.io.errors import MediaError, check_media_path, describe_ffmpeg_error
@@ -46,6 +45,7 @@ class VideoInfo:
 
 @contextlib.contextmanager
 def _open(path: str | os.PathLike) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
+    import av  # PyAV loads where video is read or written, not on import
     p = check_media_path(path)
     try:
         container = av.open(str(p), mode="r")
@@ -91,6 +91,7 @@ def _upright(frame: av.VideoFrame) -> np.ndarray:
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
     """Header facts of ``path`` (decodes one frame to learn the rotation). Raises :class:`MediaError`."""
+    import av  # PyAV loads where video is read or written, not on import
     with _open(path) as (container, stream):
         rotation = 0
         try:
@@ -117,6 +118,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
 
 def count_frames(path: str | os.PathLike) -> int:
     """Frames in ``path``: the header's count, else the number of video packets (demuxed, not decoded)."""
+    import av  # PyAV loads where video is read or written, not on import
     with _open(path) as (container, stream):
         if stream.frames:
             return int(stream.frames)
@@ -140,6 +142,7 @@ def _ends_with_gif_trailer(path: str | os.PathLike) -> bool:
 
 def _decoded_frames(path, strict: bool) -> Iterator[tuple[int, float | None, av.VideoFrame]]:
     """Yield (index, time in seconds or None, frame); raise MediaError on failure or truncation."""
+    import av  # PyAV loads where video is read or written, not on import
     with _open(path) as (container, stream):
         expected = stream.frames or None
         if expected is None:

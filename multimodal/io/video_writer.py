@@ -15,7 +15,6 @@ from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image
 
@@ -95,6 +94,7 @@ class VideoWriter:
         self.frames_written = 0
 
     def _start(self, h: int, w: int) -> None:
+        import av  # PyAV loads where video is read or written, not on import
         self._size = (h, w)
         rate = Fraction(self.fps).limit_denominator(1001)
         self._container = av.open(self._tmp, mode="w", format=self.container_format)
@@ -106,6 +106,7 @@ class VideoWriter:
 
     def write(self, frame) -> None:
         """Append one frame ((H, W, 3) uint8 RGB, a greyscale (H, W) array or a PIL image)."""
+        import av  # PyAV loads where video is read or written, not on import
         arr = _as_uint8_frame(frame)
         if self._size is None:
             self._start(*arr.shape[:2])
@@ -133,6 +134,7 @@ class VideoWriter:
 
     def abort(self) -> None:
         """Drop the partial file."""
+        import av  # PyAV loads where video is read or written, not on import
         if self._container is not None:
             try:
                 self._container.close()
