@@ -98,6 +98,13 @@ class HashRouter(Router):
         return self._weights(scores, indices), indices, scores
 
 
+def expert_counts(flat: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """Tokens per expert [E] (int64) of flat expert ids [N], without reading anything on the host (`bincount` on CUDA
+    reads its input's maximum to size its output, a synchronisation in every MoE layer)."""
+    return torch.zeros(n_experts, dtype=torch.long, device=flat.device).scatter_add_(0, flat.long(),
+                                                                                    torch.ones_like(flat, dtype=torch.long))
+
+
 def _grouped_mm_usable(x: torch.Tensor, w: torch.Tensor) -> bool:
     """torch's grouped GEMM: on CUDA for bf16 (forward and backward); on the CPU its forward only (no autograd)."""
     if not hasattr(torch, "_grouped_mm") or any(n * x.element_size() % 16 for n in (w.shape[1], w.shape[2])):
@@ -122,7 +129,7 @@ def grouped_experts(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: tor
     xs = x[tokens]                                                                   # [T*k, dim] sorted by expert
     if _grouped_mm_usable(x, w1):
         w1, w3, w2 = (w.to(xs.dtype) for w in (w1, w3, w2))                        # autocast does not cover it
-        offs = torch.bincount(flat, minlength=w1.shape[0]).cumsum(0).to(torch.int32)   # [E] end offsets
+        offs = expert_counts(flat, w1.shape[0]).cumsum(0).to(torch.int32)            # [E] end offsets
         h = swiglu(torch._grouped_mm(xs, w1.transpose(1, 2), offs=offs),
                    torch._grouped_mm(xs, w3.transpose(1, 2), offs=offs), limit)      # [T*k, I]
         ys = torch._grouped_mm(h, w2.transpose(1, 2), offs=offs)                     # [T*k, dim]
@@ -185,7 +192,7 @@ class MoE(nn.Module):
             weights, indices, scores = self.gate(flat, token_ids)
         else:
             weights, indices, scores = self.gate(flat)
-        self.last_load = torch.bincount(indices.reshape(-1), minlength=self.experts.w1.shape[0]).detach()
+        self.last_load = expert_counts(indices.reshape(-1), self.experts.w1.shape[0]).detach()
         self.last_scores = scores
         self.last_indices = indices.detach()
         out = self.experts(flat, indices, weights)

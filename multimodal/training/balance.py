@@ -95,16 +95,19 @@ class LoadTracker:
             layer.last_load = None
 
     @torch.no_grad()
-    def apply(self) -> float | None:
-        """Update every router's bias from the summed loads, reset the sums; returns mean(max load / mean load)."""
+    def apply(self) -> torch.Tensor | None:
+        """Update every router's bias from the summed loads, reset the sums; returns mean(max load / mean load) over
+        the layers that received tokens, as a 0-d tensor on the loads' device (read it when logging: nothing here
+        waits for the device). A layer without load gets no change (sign(0) = 0), as before."""
         ratios = []
         for layer, load in zip(self.layers, self.loads):
-            if load is None or load.sum() == 0:
+            if load is None:
                 continue
             update_bias_(layer.gate, load, self.speed)
-            ratios.append(float(load.max() / load.mean()))
+            mean = load.mean()
+            ratios.append(torch.where(mean > 0, load.max() / mean, torch.nan))
         self.loads = [None] * len(self.layers)
-        return sum(ratios) / len(ratios) if ratios else None
+        return torch.nanmean(torch.stack(ratios)) if ratios else None
 
     def reset(self) -> None:
         """Forget loads collected so far (e.g. from evaluation forwards)."""

@@ -130,10 +130,10 @@ class DistributedTrainer(Trainer):
         k = n // self.ctx.world_size
         return items[self.ctx.rank * k:(self.ctx.rank + 1) * k]
 
-    def clip_gradients(self) -> float:
+    def _clip_gradients(self) -> torch.Tensor:
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
-        return float(clip_grad_norm_(params, max_norm, self.ctx))
+        return clip_grad_norm_(params, max_norm, self.ctx)
 
     # ----------------------------------------------------------------------------------- stopping together
     def train(self) -> TrainResult:

@@ -44,9 +44,9 @@ class EMA:
     def update(self, model: nn.Module) -> None:
         """Move every shadow towards the model's current parameter."""
         d = self.current_decay()
-        for name, p in model.named_parameters():
-            if name in self.shadow:
-                self.shadow[name].lerp_(p.detach().float(), 1.0 - d)
+        pairs = [(self.shadow[name], p.detach().float()) for name, p in model.named_parameters() if name in self.shadow]
+        if pairs:                                                   # one multi-tensor launch, not one per parameter
+            torch._foreach_lerp_([s for s, _ in pairs], [p for _, p in pairs], 1.0 - d)
         self.updates += 1
 
     @contextlib.contextmanager

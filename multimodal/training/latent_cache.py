@@ -93,13 +93,32 @@ class LatentDataset(Dataset):
         return {"latents": self.latents[lo:hi].transpose(0, 1), "caption": self.caption(index)}   # [C, T', h, w]
 
 
+class _Pixels(Dataset):
+    """Item i of `dataset` as (i, pixels, None), or (i, None, reason) when its file does not decode: what the
+    rendering / decoding processes of `encode_dataset` hand back (an exception would stop every worker)."""
+
+    def __init__(self, dataset: Dataset, items: int) -> None:
+        self.dataset, self.items = dataset, items
+
+    def __len__(self) -> int:
+        return self.items
+
+    def __getitem__(self, i: int):
+        from ..io import MediaError
+        try:
+            return i, self.dataset[i]["pixels"], None
+        except MediaError as exc:
+            return i, None, str(exc)
+
+
 @torch.no_grad()
-def encode_dataset(autoencoder: nn.Module, dataset: Dataset, items: int,
-                   log: Callable[[str], None] = print) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def encode_dataset(autoencoder: nn.Module, dataset: Dataset, items: int, log: Callable[[str], None] = print,
+                   workers: int = 0, batch: int = ENCODE_BATCH) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Encode the first `items` items of `dataset` (pixels [3, T, H, W] in [0, 1]) -> (latents [sum T', C, h, w]
-    float32 on the CPU, offsets [n + 1] int64, indices [n] int64 of the items encoded). Consecutive items of one shape
-    are encoded together; an item whose file does not decode (`MediaError`) is skipped and counted in the log."""
-    from ..io import MediaError
+    float32 on the CPU, offsets [n + 1] int64, indices [n] int64 of the items encoded). Up to `batch` consecutive
+    items of one shape are encoded together; an item whose file does not decode (`MediaError`) is skipped and counted
+    in the log. `workers` > 0 renders / decodes items in that many processes (in order: the result is the same)."""
+    from torch.utils.data import DataLoader
 
     device = next(autoencoder.parameters()).device
     chunks: list[torch.Tensor] = []
@@ -116,15 +135,16 @@ def encode_dataset(autoencoder: nn.Module, dataset: Dataset, items: int,
             lengths.extend([z.shape[2]] * z.shape[0])
             pending.clear()
 
-    for i in range(items):
-        try:
-            pixels = dataset[i]["pixels"]
-        except MediaError as exc:
+    source = _Pixels(dataset, items)
+    loader = DataLoader(source, batch_size=None, num_workers=workers, prefetch_factor=64 if workers else None) \
+        if workers > 0 else (source[i] for i in range(items))
+    for i, pixels, error in loader:
+        if pixels is None:
             skipped += 1
-            log(f"warning: skipped an undecodable item ({skipped} so far): {exc}")
+            log(f"warning: skipped an undecodable item ({skipped} so far): {error}")
             continue
         indices.append(i)
-        if pending and (pixels.shape != pending[0].shape or len(pending) == ENCODE_BATCH):
+        if pending and (pixels.shape != pending[0].shape or len(pending) == batch):
             flush()
         pending.append(pixels)
         if time.perf_counter() - last_log > 60:
@@ -139,9 +159,10 @@ def encode_dataset(autoencoder: nn.Module, dataset: Dataset, items: int,
 
 
 def cached_latents(path: str | Path, autoencoder: nn.Module, dataset: Dataset, items: int,
-                   log: Callable[[str], None] = print, write: bool = True) -> LatentDataset:
+                   log: Callable[[str], None] = print, write: bool = True, workers: int = 0,
+                   batch: int = ENCODE_BATCH) -> LatentDataset:
     """The first `items` items of `dataset` as a `LatentDataset`: read from `path` when it holds exactly these items
-    encoded by this autoencoder, else encoded now (and written to `path` when `write`)."""
+    encoded by this autoencoder, else encoded now (`encode_dataset`; written to `path` when `write`)."""
     path = Path(path)
     items = min(int(items), len(dataset))
     if items < 1:
@@ -154,7 +175,7 @@ def cached_latents(path: str | Path, autoencoder: nn.Module, dataset: Dataset, i
                 return LatentDataset(dataset, *(handle.get_tensor(k) for k in ("latents", "offsets", "indices")))
         log(f"{path} was encoded from other weights or data; encoding again")
     start = time.perf_counter()
-    latents, offsets, indices = encode_dataset(autoencoder, dataset, items, log)
+    latents, offsets, indices = encode_dataset(autoencoder, dataset, items, log, workers, batch)
     log(f"encoded {len(indices)} items into {tuple(latents.shape)} latents in {time.perf_counter() - start:.0f} s")
     if write:
         with atomic_path(path) as tmp:

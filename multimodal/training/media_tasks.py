@@ -73,19 +73,25 @@ class MediaTask:
 
     def weight(self, batch: dict[str, Any]) -> float:
         """Samples in the batch."""
-        return float(len(batch["caption_ids"]))
+        captions = batch["captions"] if "captions" in batch else batch["caption_ids"]
+        return float(captions.lengths.shape[0] if hasattr(captions, "lengths") else len(captions))
 
-    def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The task's loss on a collated batch (caption id lists) or a resident one (`resident_data.ResidentMedia`:
+        a `PackedText` under "captions", latents already on the device)."""
         if "latents" in batch:
             latents = batch["latents"].float()                                          # [B, C, T', h, w]
         else:
             with torch.autocast(batch["pixels"].device.type, enabled=False):           # the frozen encoder in fp32
                 latents = encode_latents(self.autoencoder, batch["pixels"])
-        ids = batch["caption_ids"]
+        ids = batch["captions"] if "captions" in batch else batch["caption_ids"]
         if self.mode == "generate":
             loss = model.generation_loss(ids, latents.to(model.dtype), self.kind, repeats=self.flow_repeats)
-            tokens = 0.0
+            tokens: Any = 0.0
+        elif hasattr(ids, "lengths"):
+            loss = model.caption_loss(latents.to(model.dtype), self.kind, ids)
+            tokens = ids.lengths.sum() + ids.lengths.shape[0]                           # a tensor: read once per update
         else:
-            loss = model.caption_loss(list(latents.to(model.dtype)), self.kind, ids)
+            loss = model.caption_loss(latents.to(model.dtype), self.kind, ids)
             tokens = float(sum(len(c) + 1 for c in ids))
         return loss, {"tokens": tokens}

@@ -159,7 +159,10 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
     if name not in ("adamw", "muon"):
         raise ValueError(f"optimizer must be 'adamw' or 'muon', got {name!r}")
     groups = param_groups(model, weight_decay, muon=name == "muon")
-    adamw = torch.optim.AdamW(groups["adamw"], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    params = [p for g in groups["adamw"] for p in g["params"]]
+    fused = bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)   # one kernel for all tensors
+    adamw = torch.optim.AdamW(groups["adamw"], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                              fused=True if fused else None)
     if name == "adamw" or not groups["muon"]:
         return adamw
     return CombinedOptimizer(Muon(groups["muon"], lr=lr, weight_decay=weight_decay), adamw)

@@ -52,6 +52,7 @@ class SampleStream:
         self.length, self.seed, self.shuffle = length, seed, shuffle
         self.epoch, self.offset = 0, 0
         self._order: torch.Tensor | None = None
+        self._device_order: torch.Tensor | None = None
 
     def _permutation(self) -> torch.Tensor:
         if self._order is None:
@@ -71,8 +72,33 @@ class SampleStream:
             out += order[self.offset:self.offset + k].tolist()
             self.offset += k
             if self.offset == self.length:
-                self.epoch, self.offset, self._order = self.epoch + 1, 0, None
+                self.epoch, self.offset, self._order, self._device_order = self.epoch + 1, 0, None, None
         return out
+
+    def take_tensor(self, n: int, device: torch.device | str) -> torch.Tensor:
+        """The next `n` indices as a long tensor on `device`: the same indices as `take(n)`, sliced from a copy of
+        the epoch's permutation kept on the device (one host-to-device copy per epoch, none per batch)."""
+        return self.take_both(n, device)[1]
+
+    def take_both(self, n: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next `n` indices on the host and on `device` (`take_tensor`), as two long tensors."""
+        parts: list[torch.Tensor] = []
+        host: list[torch.Tensor] = []
+        remaining = n
+        while remaining > 0:
+            order = self._permutation()
+            if self._device_order is None or self._device_order.device != torch.device(device):
+                self._device_order = order.to(device)
+            k = min(remaining, self.length - self.offset)
+            parts.append(self._device_order[self.offset:self.offset + k])
+            host.append(order[self.offset:self.offset + k])
+            self.offset += k
+            remaining -= k
+            if self.offset == self.length:
+                self.epoch, self.offset, self._order, self._device_order = self.epoch + 1, 0, None, None
+        if len(parts) == 1:
+            return host[0], parts[0]
+        return torch.cat(host), torch.cat(parts)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "offset": self.offset, "length": self.length}
@@ -81,6 +107,7 @@ class SampleStream:
         if state.get("length", self.length) != self.length:
             raise ValueError(f"data stream length changed since the checkpoint: {state['length']} -> {self.length}")
         self.epoch, self.offset, self._order = int(state["epoch"]), int(state["offset"]), None
+        self._device_order = None
 
 
 def caption_of(dataset: Dataset, index: int) -> str:
@@ -135,11 +162,13 @@ class TextTask:
     def collate(self, items: Sequence[Any], device: torch.device) -> dict[str, Any]:
         captions = [item if isinstance(item, str) else item["caption"] for item in items]
         enc = self.tokenizer(captions, add_bos=True, add_eos=True, max_length=self.seq_len)
-        return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
+        predicted = float(enc["attention_mask"][:, 1:].sum())          # counted on the host, before the copy
+        return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device),
+                "predicted": predicted}
 
     def weight(self, batch: dict[str, Any]) -> float:
         """Predicted tokens: every token after the first that is not padding."""
-        return float(batch["attention_mask"][:, 1:].sum())
+        return batch["predicted"]
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -151,12 +180,12 @@ class TextTask:
         target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)                   # [B, S-1]
         lm = F.cross_entropy(out.logits[:, :-1].flatten(0, 1).float(), target.reshape(-1), ignore_index=-100)
         total = lm
-        stats = {"lm": float(lm.detach())}
+        stats: dict[str, Any] = {"lm": lm.detach()}             # tensors: the trainer reads them once per update
         if self.mtp_weight > 0 and len(backbone.mtp):
             mtp = backbone.mtp_loss(ids, out.hidden_states, attention_mask=mask)
             total = total + self.mtp_weight * mtp
-            stats["mtp"] = float(mtp.detach())
-        stats["tokens"] = float(mask[:, 1:].sum())
+            stats["mtp"] = mtp.detach()
+        stats["tokens"] = batch.get("predicted", mask[:, 1:].sum())
         return total, stats
 
 

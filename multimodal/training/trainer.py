@@ -213,7 +213,7 @@ class Trainer:
     def cache_latents(self) -> None:
         """With `latent_cache`: the image and video training data of the media tasks become their first N items'
         latents, encoded once by the frozen autoencoder (`latent_cache.cached_latents`, kept in `out/latents/`)."""
-        from .latent_cache import LatentDataset, cached_latents
+        from .latent_cache import ENCODE_BATCH, LatentDataset, cached_latents
         from .media_tasks import MEDIA_TASKS
         kinds = sorted({MEDIA_TASKS[n][0] for n, w in self.config.tasks.items() if w > 0 and n in MEDIA_TASKS})
         for kind in kinds:
@@ -221,7 +221,9 @@ class Trainer:
             if data is None or items == 0 or isinstance(data, LatentDataset):
                 continue
             self.train_data[kind] = cached_latents(self.out / "latents" / f"{kind}.safetensors", self.autoencoder,
-                                                   data, items, log=self.log, write=self.is_main_process())
+                                                   data, items, log=self.log, write=self.is_main_process(),
+                                                   workers=self.config.data_workers,
+                                                   batch=256 if self.device.type == "cuda" else ENCODE_BATCH)
 
     def build_autoencoder(self) -> nn.Module | None:
         """The frozen autoencoder of the media tasks (None for text-only runs)."""
@@ -277,6 +279,32 @@ class Trainer:
                 raise ValueError(f"task {name} needs {tasks[name].data_kind} items, and {cfg.data} has none")
         return tasks
 
+    def build_resident_data(self) -> dict[str, Any]:
+        """With `resident_data`: by task name, the cached latents and tokenised captions of the task's media kind on
+        the training device (`resident_data.ResidentMedia`), and for `text` the captions of all of them
+        (`resident_data.ResidentText`); else nothing."""
+        if not (self.config.resident_data and self.trains_media):
+            return {}
+        from .latent_cache import LatentDataset
+        from .resident_data import ResidentMedia, ResidentText
+        by_kind = {}
+        for kind in ("image", "video"):
+            if not any(getattr(t, "kind", None) == kind for t in self.tasks.values()):
+                continue
+            data = self.train_data.get(kind)
+            if not isinstance(data, LatentDataset):
+                raise ValueError(f"resident_data keeps cached latents on the device, but the {kind} data is not "
+                                 f"cached: set latent_cache for {kind!r}")
+            by_kind[kind] = ResidentMedia.from_latents(data, self.tokenizer, self.config.seq_len, self.device,
+                                                       workers=self.config.data_workers)
+        resident: dict[str, Any] = {name: by_kind[t.kind] for name, t in self.tasks.items() if getattr(t, "kind", None)
+                                    in by_kind}
+        if "text" in self.tasks and by_kind:
+            tok = self.tokenizer
+            resident["text"] = ResidentText(list(by_kind.values()), self.config.seq_len, tok.bos_id, tok.eos_id,
+                                            tok.pad_id)
+        return resident
+
     def model_state(self) -> dict[str, torch.Tensor]:
         """Tensors to checkpoint (distributed subclasses gather shards here)."""
         return self.model.state_dict()
@@ -308,11 +336,13 @@ class Trainer:
         self.ema = EMA(self.model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.schedule = WarmupCosine(cfg.lr, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
         self.tasks = self.build_tasks()
+        self.resident = self.build_resident_data()
         self.mix = TaskMix({n: cfg.tasks[n] for n in self.tasks}, cfg.seed)
         if cfg.score_samples and self.trains_media:
             from .scoring import caption_scores, generation_accuracy
             self.evaluators[1:1] = [generation_accuracy, caption_scores]
-        self.streams = {name: SampleStream(len(self.train_data[self.tasks[name].data_kind]), seed=cfg.seed * 31 + i)
+        self.streams = {name: SampleStream(len(self.resident[name]) if name in self.resident else
+                                           len(self.train_data[self.tasks[name].data_kind]), seed=cfg.seed * 31 + i)
                         for i, name in enumerate(sorted(self.tasks))}
         self.loads = LoadTracker(self.model, self.backbone_config().moe.bias_update_speed)
         self.metrics = MetricsLog(self.out / "metrics.jsonl")
@@ -402,53 +432,92 @@ class Trainer:
 
     def clip_gradients(self) -> float:
         """Clip the global gradient L2 norm to `grad_clip` (0: no clipping); returns the norm before clipping."""
+        return float(self._clip_gradients())
+
+    def _clip_gradients(self) -> torch.Tensor:
+        """`clip_gradients` without reading the norm on the host: the 0-d norm tensor."""
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True if self.device.type == "cuda" else None)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm          # a sharded (DTensor) norm
+
+    def next_batch(self, name: str, n: int) -> dict[str, Any]:
+        """The next `n` items of task `name`'s stream as a collated batch: gathered on the device when the task's
+        data is resident (`resident_data`), else fetched item by item and collated."""
+        task = self.tasks[name]
+        if name in self.resident:
+            resident = self.resident[name]
+            if getattr(task, "needs_pixels", False):
+                return resident.batch(self.streams[name].take_tensor(n, resident.device))
+            return resident.batch(*reversed(self.streams[name].take_both(n, resident.device)))
+        return task.collate(self._items(name, n), self.device)
 
     def train_step(self) -> dict[str, Any]:
         """One optimizer update over `grad_accum` micro-batches; returns the step's log record.
 
         Every micro-batch counts equally, except that the micro-batches of one task share that task's part by
         their number of loss elements (tokens for text, samples for media): they are collated first, so when all
-        micro-batches are of one task the accumulated gradient is exactly that of one big batch's mean loss."""
+        micro-batches are of one task the accumulated gradient is exactly that of one big batch's mean loss.
+
+        The update itself (`update`) never waits for the device: losses, the gradient norm and the expert balance stay
+        tensors until one read here, which also checks that every loss is finite (on failure nothing is saved, so the
+        last checkpoint is intact)."""
+        lr, names, shares, losses, grad_norm, token_counts, balance = self.update()
+        counted = [t.float().reshape(()) for t in token_counts if torch.is_tensor(t)]
+        tensors = losses + [grad_norm.float().reshape(())] + counted
+        if balance is not None:
+            tensors.append(balance.float().reshape(()).to(grad_norm.device))
+        values = torch.stack([t.to(grad_norm.device) for t in tensors]).tolist()     # the one host read
+        loss_values = values[:len(losses)]
+        for name, value in zip(names, loss_values):
+            if not np.isfinite(value):
+                raise FloatingPointError(f"the {name} loss is {value} at step {self.step}; the last checkpoint "
+                                         f"is intact (lower lr, or check the data)")
+        self.step += 1
+        per_task: dict[str, list[float]] = {}
+        for name, value in zip(names, loss_values):
+            per_task.setdefault(name, []).append(value)
+        tokens = sum(values[len(losses) + 1:len(losses) + 1 + len(counted)]) + \
+            sum(float(t) for t in token_counts if not torch.is_tensor(t))
+        record = {"step": self.step, "kind": "train", "loss": sum(v * s for v, s in zip(loss_values, shares)),
+                  "lr": lr, "grad_norm": values[len(losses)], "tokens": tokens}
+        record.update({f"loss/{k}": sum(v) / len(v) for k, v in per_task.items()})
+        if balance is not None:
+            record["expert_load_max_over_mean"] = values[-1]
+        return record
+
+    def update(self) -> tuple[float, list[str], list[float], list[torch.Tensor], torch.Tensor, list[Any],
+                              torch.Tensor | None]:
+        """The update of `train_step` without any host read: (lr, task names, loss shares, losses, gradient norm,
+        token counts, expert balance), the values still on the device."""
         cfg = self.config
         self.model.train()
         lr = self.schedule.apply(self.optimizer)
         micro_batches = []
         for micro in range(cfg.grad_accum):
             name = self.mix.choose(self.step, micro)
-            batch = self.tasks[name].collate(self._items(name, cfg.micro_batch_size), self.device)
+            batch = self.next_batch(name, cfg.micro_batch_size)
             micro_batches.append((name, batch, float(self.tasks[name].weight(batch))))
         count = {n: sum(1 for m, _, _ in micro_batches if m == n) for n, _, _ in micro_batches}
         elements = {n: sum(w for m, _, w in micro_batches if m == n) for n, _, _ in micro_batches}
-        total, tokens, per_task = 0.0, 0.0, {}
+        losses, shares, token_counts = [], [], []
         for name, batch, w in micro_batches:
             share = count[name] / cfg.grad_accum * w / elements[name]
             with self._autocast():
                 loss, stats = self.tasks[name].loss(self.model, batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the {name} loss is {float(loss)} at step {self.step}; the last checkpoint "
-                                         f"is intact (lower lr, or check the data)")
             (loss * share).backward()
             self.loads.collect()
-            total += float(loss.detach()) * share
-            tokens += stats.get("tokens", 0.0)
-            per_task.setdefault(name, []).append(float(loss.detach()))
-        grad_norm = self.clip_gradients()
+            losses.append(loss.detach().float())
+            shares.append(share)
+            token_counts.append(stats.get("tokens", 0.0))
+        grad_norm = self._clip_gradients()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.model)
-        balance = self.loads.apply() if cfg.router_bias_update else self.loads.reset()
+        balance = self.loads.apply() if self.config.router_bias_update else self.loads.reset()
         self.schedule.advance()
-        self.step += 1
-        record = {"step": self.step, "kind": "train", "loss": total, "lr": lr, "grad_norm": grad_norm,
-                  "tokens": tokens}
-        record.update({f"loss/{k}": sum(v) / len(v) for k, v in per_task.items()})
-        if balance is not None:
-            record["expert_load_max_over_mean"] = balance
-        return record
+        return lr, [n for n, _, _ in micro_batches], shares, losses, grad_norm, token_counts, balance
 
     def averaged(self):
         """A context in which the model holds its EMA weights (when `ema_decay > 0`; else the weights as trained)."""
