@@ -250,6 +250,6 @@ def train_preset(name: str) -> TrainConfig:
 # `max_steps` is set by the pass from a timed warm-up, so the schedule ends inside its time budget.
 TRAIN_PRESETS["shapes-gpu"] = {**copy.deepcopy(TRAIN_PRESETS["shapes-demo"]),
                                **dict(init_from="shapes", seed=2, micro_batch_size=1024, grad_accum=4, max_steps=600,
-                                      warmup_steps=30, lr=1e-3, precision="auto", resident_data=True, data_workers=12,
+                                      warmup_steps=30, lr=1.5e-3, precision="auto", resident_data=True, data_workers=12,
                                       latent_cache={"image": 60_000, "video": 20_000}, ema_decay=0.995,
                                       eval_every=0, eval_batches=1, save_every=0, log_every=5)}
