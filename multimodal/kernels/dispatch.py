@@ -16,8 +16,20 @@ The environment variable ``MULTIMODAL_KERNELS`` chooses the policy:
 ``torch``
     Always the reference.
 
-Whenever ``auto`` falls back to the reference, the reason is logged once per (op, reason) at WARNING
-level on the ``multimodal.kernels`` logger, never silently.
+Whenever ``auto`` falls back to the reference, the reason is logged once per (op, reason) on the
+``multimodal.kernels`` logger, never silently: at DEBUG for the routine case (CPU tensors without the
+interpreter: every CPU run), at WARNING when a GPU run loses its kernel (no Triton, an unknown device).
+
+Two more things every op shares:
+
+- :func:`common_dtype` / :func:`cast`: operands that meet in one ``tl.dot`` (or any other Triton op
+  that needs one dtype) are cast to one dtype on the host before the launch. Under ``torch.autocast``
+  a call can mix dtypes (bf16 activations from a ``Linear``, fp32 from a norm or a parameter); the
+  kernel then sees the autocast dtype, which is what ``torch.matmul`` would have used.
+- :func:`run_or_fall_back`: if Triton cannot compile a kernel for a call's dtypes (a
+  ``CompilationError`` at the first launch), the op runs its PyTorch reference instead, says so once
+  at WARNING, and does not try that (op, dtypes) again. Under ``MULTIMODAL_KERNELS=triton`` the error
+  is raised instead. :func:`reference_vjp` is the same fallback for a custom backward.
 """
 
 from __future__ import annotations
@@ -25,19 +37,27 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeVar
 
 import torch
 
 __all__ = [
     "KernelUnavailableError",
     "Backend",
+    "cast",
+    "common_dtype",
     "dot_precision",
+    "dtype_signature",
     "interpreter_active",
     "kernel_policy",
+    "reference_vjp",
+    "run_or_fall_back",
     "triton_available",
     "use_triton",
 ]
+
+T = TypeVar("T")
 
 logger = logging.getLogger("multimodal.kernels")
 
@@ -45,6 +65,8 @@ Backend = Literal["auto", "triton", "torch"]
 _POLICIES: tuple[str, ...] = ("auto", "triton", "torch")
 _ENV = "MULTIMODAL_KERNELS"
 _logged: set[tuple[str, str]] = set()
+#: (op, dtype signature) pairs whose Triton kernels failed to compile: they run the reference from then on
+_unavailable: set[tuple[str, tuple[str, ...]]] = set()
 
 
 class KernelUnavailableError(RuntimeError):
@@ -73,11 +95,11 @@ def interpreter_active() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
-def _log_once(op: str, reason: str) -> None:
+def _log_once(op: str, reason: str, level: int = logging.WARNING) -> None:
     key = (op, reason)
     if key not in _logged:
         _logged.add(key)
-        logger.warning("multimodal.kernels.%s: using the PyTorch reference (%s)", op, reason)
+        logger.log(level, "multimodal.kernels.%s: using the PyTorch reference (%s)", op, reason)
 
 
 def use_triton(op: str, *tensors: torch.Tensor) -> bool:
@@ -107,8 +129,118 @@ def use_triton(op: str, *tensors: torch.Tensor) -> bool:
         reason = f"no Triton backend for device type {device.type!r}"
     if policy == "triton":
         raise KernelUnavailableError(f"{_ENV}=triton but {op} cannot run Triton here: {reason}")
-    _log_once(op, reason)
+    # CPU tensors are the routine case (every CPU run): DEBUG, not a line on the user's terminal
+    _log_once(op, reason, logging.DEBUG if device.type == "cpu" else logging.WARNING)
     return False
+
+
+def common_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """The one float dtype in which ``tensors`` (operands that meet in one kernel op) are passed to Triton.
+
+    ``tl.dot`` and friends need both operands in one dtype; the host casts to this one first (:func:`cast`).
+    None and non-float tensors are ignored. All float tensors agree: their dtype. They disagree: under
+    ``torch.autocast`` enabled for their device type, the autocast dtype (bf16 queries and fp32 keys in a
+    bf16 autocast region meet in bf16, as ``torch.matmul`` would compute them); otherwise
+    ``torch.promote_types`` over them (no precision is lost). Raises ValueError without any float tensor.
+    """
+    floats = [t for t in tensors if t is not None and t.is_floating_point()]
+    if not floats:
+        raise ValueError("common_dtype: no floating-point tensor among the operands")
+    dtypes = {t.dtype for t in floats}
+    if len(dtypes) == 1:
+        return floats[0].dtype
+    device_type = floats[0].device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    out = floats[0].dtype
+    for t in floats[1:]:
+        out = torch.promote_types(out, t.dtype)
+    return out
+
+
+def cast(dtype: torch.dtype, *tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """``tensors`` with every float one in ``dtype`` (differentiable ``.to``; a no-op where it already is)."""
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != dtype else t
+                 for t in tensors)
+
+
+def dtype_signature(*tensors: Any) -> tuple[str, ...]:
+    """("bfloat16", "float32", "none", ...): the dtypes of a call's inputs, the key of :func:`run_or_fall_back`."""
+    return tuple(str(t.dtype).removeprefix("torch.") if isinstance(t, torch.Tensor)
+                 else "none" if t is None else type(t).__name__ for t in tensors)
+
+
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    """Triton's exceptions for 'this kernel cannot be compiled for these arguments' (front end, ptxas)."""
+    from triton.compiler.errors import CompilationError
+    import triton.runtime.errors as runtime_errors
+
+    ptxas = getattr(runtime_errors, "PTXASError", None)
+    return (CompilationError,) + ((ptxas,) if ptxas is not None else ())
+
+
+def run_or_fall_back(op: str, signature: tuple[str, ...], kernel: Callable[[], T], reference: Callable[[], T]) -> T:
+    """Run ``kernel()`` (the op's Triton path); if Triton cannot compile it for this call, ``reference()``.
+
+    Args:
+        op: op name for the log line and the record (``"sparse_mqa"``, ``"sparse_mqa.backward"``).
+        signature: the call's input dtypes (:func:`dtype_signature`): a failure is remembered for this
+            (op, signature), whose later calls go straight to ``reference()``.
+        kernel / reference: zero-argument callables returning the same thing (outputs in the same dtypes).
+
+    A Triton compilation error (raised at the first launch of a kernel for new argument types) is logged
+    once per (op, reason) at WARNING and the reference runs instead: a training step never crashes on it.
+    With ``MULTIMODAL_KERNELS=triton`` the error is re-raised: forcing Triton means "show me the failure".
+    Any other exception propagates unchanged.
+    """
+    key = (op, signature)
+    if key in _unavailable:
+        return reference()
+    try:
+        return kernel()
+    except _compile_errors() as exc:
+        if kernel_policy() == "triton":
+            raise
+        _unavailable.add(key)
+        _log_once(op, f"Triton cannot compile it for input dtypes {', '.join(signature)}: {_summary(exc)}")
+        return reference()
+
+
+def _summary(exc: BaseException) -> str:
+    """One line naming a compilation error: its message (``CompilationError.error_message``), not the source excerpt."""
+    text = getattr(exc, "error_message", None) or str(exc)
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[-1][:300] if lines else ''}"
+
+
+def reference_vjp(fn: Callable[..., Any], inputs: Sequence[Any], needs_grad: Sequence[bool],
+                  grad_outputs: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor | None, ...]:
+    """Gradients of ``fn(*inputs)`` by autograd through the reference: the fallback of a custom backward.
+
+    Args:
+        fn: the op's reference (``naive_*``), called on detached copies of ``inputs``.
+        inputs: the forward's inputs (tensors in the dtypes the Function received, or plain values).
+        needs_grad: ``ctx.needs_input_grad``, one flag per input.
+        grad_outputs: the incoming gradients, one per output of ``fn`` (None where the output got none).
+
+    Returns:
+        One entry per input: its gradient (in its dtype), or None.
+    """
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(bool(need)) if isinstance(t, torch.Tensor) and t.is_floating_point()
+                  else t for t, need in zip(inputs, needs_grad)]
+        outs = fn(*leaves)
+        outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+        pairs = [(o, g) for o, g in zip(outs, grad_outputs) if g is not None and o.requires_grad]
+        wrt = [(i, t) for i, (t, need) in enumerate(zip(leaves, needs_grad))
+               if need and isinstance(t, torch.Tensor) and t.requires_grad]
+        grads: list[torch.Tensor | None] = [None] * len(inputs)
+        if pairs and wrt:
+            got = torch.autograd.grad([o for o, _ in pairs], [t for _, t in wrt], [g.to(o.dtype) for o, g in pairs],
+                                      allow_unused=True)
+            for (i, t), g in zip(wrt, got):
+                grads[i] = g if g is not None else torch.zeros_like(t)
+    return tuple(grads)
 
 
 def dot_precision(dtype: torch.dtype) -> str:

@@ -9,6 +9,11 @@ Forward: one kernel, ``engram_gather_kernel`` (hash in registers, copy the rows;
 Backward (custom ``autograd.Function``): ``engram_scatter_kernel`` recomputes the rows and scatter-adds the
 output gradient into an fp32 table gradient with atomics, cast to ``table.dtype`` at the end (a bf16 table
 therefore gets its gradient rounded once, not once per addition). Integer inputs get no gradient.
+
+Dtypes: the only float operands are the table (copied as is into an output of its dtype) and the output
+gradient (read as fp32 for the fp32 atomics), so no cast is needed; integer inputs may be int32 or int64
+(the hash runs in int64). A kernel Triton cannot compile for a call's dtypes falls back to the reference,
+forward or backward (``dispatch.run_or_fall_back``).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from ..dispatch import use_triton
+from ..dispatch import dtype_signature, reference_vjp, run_or_fall_back, use_triton
 from .naive import naive_engram_gather
 
 __all__ = ["engram_gather", "EngramGatherFunction"]
@@ -55,6 +60,20 @@ class EngramGatherFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):  # noqa: D102
+        ids, history, mult, primes, offs = ctx.saved_tensors
+
+        def reference():  # F.embedding's backward never reads the table: a zero stand-in of its shape and dtype
+            table = torch.zeros(ctx.table_shape, dtype=ctx.table_dtype, device=dout.device)
+            fn = lambda t_: naive_engram_gather(ids, history, mult, primes, offs, t_)  # noqa: E731
+            return None, None, None, None, None, reference_vjp(fn, (table,), (True,), (dout,))[0]
+
+        return run_or_fall_back("engram_gather.backward", (str(ctx.table_dtype).removeprefix("torch."),
+                                                           *dtype_signature(ids, history, dout)),
+                                lambda: EngramGatherFunction._backward(ctx, dout), reference)
+
+    @staticmethod
+    def _backward(ctx, dout):
+        """The Triton backward: d table [rows, head_dim] in the table's dtype (fp32 atomics, one rounding)."""
         from .triton import engram_scatter_kernel
 
         ids, history, mult, primes, offs = ctx.saved_tensors
@@ -108,4 +127,6 @@ def engram_gather(ids: torch.Tensor, history: torch.Tensor, multipliers: torch.T
         raise ValueError(f"engram_gather: all inputs must be on the table's device {table.device}, got {devices}")
     if ids.numel() == 0 or not use_triton("engram_gather", table):
         return naive_engram_gather(ids, history, multipliers, primes, offsets, table)
-    return EngramGatherFunction.apply(ids, history, multipliers, primes, offsets, table)
+    return run_or_fall_back("engram_gather", dtype_signature(ids, history, primes, table),
+                            lambda: EngramGatherFunction.apply(ids, history, multipliers, primes, offsets, table),
+                            lambda: naive_engram_gather(ids, history, multipliers, primes, offsets, table))

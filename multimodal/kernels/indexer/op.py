@@ -4,6 +4,11 @@ Dispatch (``kernels/dispatch.py``): the Triton score kernel on CUDA or under the
 :func:`~multimodal.kernels.indexer.naive.naive_indexer_topk` (logged once). Either way the queries
 are processed ``chunk_size`` at a time and only one B x chunk x T fp32 score buffer exists; the
 selection on that buffer is ``torch.topk`` (sorted, descending). Indices are not differentiable.
+
+Dtypes: q and k meet in one ``tl.dot``, so they are cast to one dtype first (``dispatch.common_dtype``:
+under bf16 autocast, bf16 queries and fp32 keys are scored in bf16); the weights are read as fp32 in the
+kernel, whatever their dtype. If Triton still cannot compile the kernel for a call's dtypes, the op
+runs the reference instead (``dispatch.run_or_fall_back``, one WARNING).
 """
 
 from __future__ import annotations
@@ -11,25 +16,34 @@ from __future__ import annotations
 import torch
 import triton
 
-from ..dispatch import dot_precision, use_triton
+from ..dispatch import cast, common_dtype, dot_precision, dtype_signature, run_or_fall_back, use_triton
 from .naive import DEFAULT_CHUNK_SIZE, naive_indexer_topk, select_topk
 
 __all__ = ["indexer_topk", "indexer_scores"]
+
+
+def _tiles(device: torch.device) -> tuple[int, int]:
+    """(BS queries, BT keys) per program: tensor-core tiles on a GPU, small ones for the CPU interpreter."""
+    return (32, 64) if device.type == "cuda" else (16, 16)
 
 
 def indexer_scores(
     q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor, threshold: torch.Tensor, scale: float,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Triton scores for one chunk: q [B,C,Hi,Di], k [B,T,Di], weights [B,C,Hi], threshold [B,C] -> [B,C,T] fp32."""
+    """Triton scores for one chunk: q [B,C,Hi,Di], k [B,T,Di], weights [B,C,Hi], threshold [B,C] -> [B,C,T] fp32.
+
+    q and k (one ``tl.dot``) are cast to their common dtype here (a no-op when ``indexer_topk`` already did);
+    weights may be any float dtype (read as fp32), threshold any integer dtype.
+    """
     from .triton import indexer_scores_kernel
 
+    q, k = cast(common_dtype(q, k), q, k)  # q [B,C,Hi,Di], k [B,T,Di]: one dtype for the dot
     B, C, Hi, Di = q.shape
     T = k.shape[1]
     if out is None:
         out = torch.empty(B, C, T, dtype=torch.float32, device=q.device)
-    cuda = q.device.type == "cuda"
-    BS, BT = (32, 64) if cuda else (16, 16)
+    BS, BT = _tiles(q.device)
     BD = max(16, triton.next_power_of_2(Di))
     grid = (B * triton.cdiv(C, BS), triton.cdiv(T, BT))
     indexer_scores_kernel[grid](
@@ -72,13 +86,19 @@ def indexer_topk(
         raise ValueError(f"indexer_topk: topk={topk} and chunk_size={chunk_size} must be >= 1")
     if q.numel() == 0 or k.shape[1] == 0 or not use_triton("indexer_topk", q):
         return naive_indexer_topk(q, k, weights, threshold, topk, scale, chunk_size)
-    B, S = q.shape[:2]
-    T = k.shape[1]
-    threshold = threshold.long()
-    out = torch.empty(B, S, min(topk, T), dtype=torch.int64, device=q.device)
-    buf = torch.empty(B, min(chunk_size, S), T, dtype=torch.float32, device=q.device)  # the only score buffer
-    for s0 in range(0, S, chunk_size):
-        s1 = min(S, s0 + chunk_size)
-        scores = indexer_scores(q[:, s0:s1], k, weights[:, s0:s1], threshold[:, s0:s1], scale, buf[:, : s1 - s0])
-        out[:, s0:s1] = select_topk(scores, topk)
-    return out
+
+    def kernel() -> torch.Tensor:
+        qc, kc = cast(common_dtype(q, k), q, k)  # q [B,S,Hi,Di], k [B,T,Di] in one dtype, cast once for all chunks
+        B, S = q.shape[:2]
+        T = k.shape[1]
+        thr = threshold.long()  # [B,S] int64
+        out = torch.empty(B, S, min(topk, T), dtype=torch.int64, device=q.device)
+        buf = torch.empty(B, min(chunk_size, S), T, dtype=torch.float32, device=q.device)  # the only score buffer
+        for s0 in range(0, S, chunk_size):
+            s1 = min(S, s0 + chunk_size)
+            scores = indexer_scores(qc[:, s0:s1], kc, weights[:, s0:s1], thr[:, s0:s1], scale, buf[:, : s1 - s0])
+            out[:, s0:s1] = select_topk(scores, topk)
+        return out  # [B,S,min(topk,T)] int64, as the reference
+
+    return run_or_fall_back("indexer_topk", dtype_signature(q, k, weights), kernel,
+                            lambda: naive_indexer_topk(q, k, weights, threshold, topk, scale, chunk_size))

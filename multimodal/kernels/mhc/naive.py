@@ -1,4 +1,5 @@
-"""Reference (spec) for manifold-constrained hyper-connections (mHC), in fp32.
+"""Reference (spec) for manifold-constrained hyper-connections (mHC), in fp32 (float64 inputs: in float64,
+the high-precision reference of the bf16 tests).
 
 ``naive_mhc_pre`` is the checkpoint-compatible DeepSeek-V4 formulation as written in transformers'
 ``DeepseekV4HyperConnection`` (``shared/reference/mhc_engram.md`` §3 and §3.1: packed ``fn``
@@ -18,21 +19,28 @@ import torch.nn.functional as F
 __all__ = ["mhc_coefficients", "naive_mhc_pre", "naive_mhc_post"]
 
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in fp32, or in float64 when it already is: the precision every reference computes in."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def mhc_coefficients(
     mixes: torch.Tensor, base: torch.Tensor, scale: torch.Tensor, n: int, sinkhorn_iters: int, hc_eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Turn the normalised projections into (pre, post, comb), all fp32.
+    """Turn the normalised projections into (pre, post, comb), all fp32 (float64 for float64 inputs).
 
     Args:
-        mixes: [..., (2+n)n] = RMSNorm(flat streams) @ fn.T, fp32.
+        mixes: [..., (2+n)n] = RMSNorm(flat streams) @ fn.T, fp32 (or float64).
         base: [(2+n)n] static logits; scale: [3] gains (pre, post, comb).
 
     Returns:
-        pre [..., n] in (eps, 1+eps); post [..., n] in (0, 2); comb [..., n, n] ~ doubly stochastic.
+        pre [..., n] in (eps, 1+eps); post [..., n] in (0, 2); comb [..., n, n] ~ doubly stochastic; fp32
+        (float64 for float64 inputs).
     """
-    pre_w, post_w, comb_w = mixes.split([n, n, n * n], dim=-1)
-    pre_b, post_b, comb_b = base.float().split([n, n, n * n])
-    scale = scale.float()
+    wide = torch.promote_types(_wide(mixes).dtype, _wide(base).dtype)  # fp32, or float64
+    pre_w, post_w, comb_w = mixes.to(wide).split([n, n, n * n], dim=-1)
+    pre_b, post_b, comb_b = base.to(wide).split([n, n, n * n])
+    scale = scale.to(wide)
     pre = torch.sigmoid(pre_w * scale[0] + pre_b) + hc_eps
     post = 2 * torch.sigmoid(post_w * scale[1] + post_b)
     comb_w = comb_w.reshape(*comb_w.shape[:-1], n, n)  # [..., n, n]
@@ -61,12 +69,14 @@ def naive_mhc_pre(
         sinkhorn_iters: Sinkhorn iterations (V4: 20); hc_eps: mHC epsilon; norm_eps: RMSNorm epsilon.
 
     Returns:
-        post [B, S, n] fp32, comb [B, S, n, n] fp32, collapsed [B, S, D] in ``streams.dtype``.
+        post [B, S, n] fp32, comb [B, S, n, n] fp32, collapsed [B, S, D] in ``streams.dtype``
+        (post and comb float64 when streams or fn are float64).
     """
     n = streams.shape[-2]
-    x = streams.flatten(-2).float()  # [B,S,nD]
+    wide = torch.promote_types(_wide(streams).dtype, _wide(fn).dtype)  # fp32, or float64
+    x = streams.flatten(-2).to(wide)  # [B,S,nD]
     x = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + norm_eps)  # unweighted RMSNorm over nD
-    mixes = F.linear(x, fn.float())  # [B,S,(2+n)n]
+    mixes = F.linear(x, fn.to(wide))  # [B,S,(2+n)n]
     pre, post, comb = mhc_coefficients(mixes, base, scale, n, sinkhorn_iters, hc_eps)
     collapsed = (pre.unsqueeze(-1) * streams).sum(dim=2).to(streams.dtype)  # [B,S,D]
     return post, comb, collapsed
@@ -83,8 +93,8 @@ def naive_mhc_post(
         post: [B, S, n]; comb: [B, S, n, n] (used transposed: sum over its first stream axis).
 
     Returns:
-        [B, S, n, D] new streams in ``streams.dtype`` (computed in fp32).
+        [B, S, n, D] new streams in ``streams.dtype`` (computed in fp32, or float64 for float64 inputs).
     """
-    expanded = post.float().unsqueeze(-1) * block_out.float().unsqueeze(-2)  # [B,S,n,D]
-    mixed = torch.einsum("bsjk,bsjd->bskd", comb.float(), streams.float())  # [B,S,n,D] = comb^T @ X
+    expanded = _wide(post).unsqueeze(-1) * _wide(block_out).unsqueeze(-2)  # [B,S,n,D]
+    mixed = torch.einsum("bsjk,bsjd->bskd", _wide(comb), _wide(streams))  # [B,S,n,D] = comb^T @ X
     return (expanded + mixed).to(streams.dtype)

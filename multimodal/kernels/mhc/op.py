@@ -10,6 +10,14 @@ Dispatch (``kernels/dispatch.py``): Triton on CUDA or under the interpreter, els
 coefficients + Sinkhorn + collapse); its backward is three kernels (dpre pass over X, coefficient
 and Sinkhorn backward recomputed on chip, dX pass over X) plus one GEMM for dfn. ``mhc_post`` is one
 kernel each way.
+
+Dtypes: no cast is needed before these launches. Every float operand is read in the kernels with
+``.to(tl.float32)`` (or passed as fp32: fn, base, scale, post, comb, the coefficient buffers), and the only
+``tl.dot``s (x·fnᵀ, dz·fn) see two fp32 tiles, so streams, block_out, post, comb and the incoming gradients may
+each have their own dtype (a bf16 block output under autocast with fp32 streams is fine). Outputs are in the
+reference's dtypes: post and comb fp32, the collapsed input and the new streams in ``streams.dtype``. A kernel
+Triton cannot compile for a call's dtypes falls back to the reference, forward or backward
+(``dispatch.run_or_fall_back``).
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from ..dispatch import dot_precision, use_triton
+from ..dispatch import dot_precision, dtype_signature, reference_vjp, run_or_fall_back, use_triton
 from .naive import naive_mhc_post, naive_mhc_pre
 
 __all__ = ["mhc_pre", "mhc_post", "MHCPreFunction", "MHCPostFunction"]
@@ -61,11 +69,29 @@ class MHCPreFunction(torch.autograd.Function):
         )
         ctx.save_for_backward(x, fn32, base, scale, pre, mixes, rstd)
         ctx.cfg = (B, S, n, D, int(sinkhorn_iters), float(hc_eps))
+        ctx.norm_eps = float(norm_eps)
         ctx.fn_dtype = fn.dtype
         return post.view(B, S, n), comb.view(B, S, n, n), coll.view(B, S, D)
 
     @staticmethod
     def backward(ctx, dpost, dcomb, dcoll):  # noqa: D102
+        x, fn32, base, scale = ctx.saved_tensors[:4]
+        B, S, n, D, iters, hc_eps = ctx.cfg
+
+        def reference():
+            fn = lambda x_, f_, b_, s_: naive_mhc_pre(x_.view(B, S, n, D), f_, b_, s_, iters, hc_eps,  # noqa: E731
+                                                      ctx.norm_eps)
+            need = ctx.needs_input_grad[:4]
+            dx, dfn, dbase, dscale = reference_vjp(fn, (x, fn32, base, scale), need, (dpost, dcomb, dcoll))
+            return (None if dx is None else dx.view(B, S, n, D), None if dfn is None else dfn.to(ctx.fn_dtype),
+                    dbase, dscale, None, None, None)
+
+        return run_or_fall_back("mhc_pre.backward", dtype_signature(x, base, scale, dpost, dcomb, dcoll),
+                                lambda: MHCPreFunction._backward(ctx, dpost, dcomb, dcoll), reference)
+
+    @staticmethod
+    def _backward(ctx, dpost, dcomb, dcoll):
+        """The Triton backward: dstreams [B,S,n,D] in x's dtype, dfn [(2+n)n,nD], dbase, dscale in theirs."""
         from .triton import mhc_coef_bwd_kernel, mhc_pre_bwd_dpre_kernel, mhc_pre_bwd_dx_kernel
 
         x, fn32, base, scale, pre, mixes, rstd = ctx.saved_tensors
@@ -90,7 +116,9 @@ class MHCPreFunction(torch.autograd.Function):
             mixes, base32, scale32, dpre, dpost.contiguous(), dcomb.contiguous(), dlogit, M, n, iters, hc_eps,
             NP=NP, MP=MP, BT=BT)
         dlogit = dlogit[:, :W]
-        col_scale = torch.repeat_interleave(scale32, torch.tensor([n, n, n * n], device=x.device))  # [W]
+        # [W]: scale of each packed column (pre n | post n | comb n*n); expand, not repeat_interleave with a
+        # tensor of counts, which would copy the counts to the device and read the output size back
+        col_scale = torch.cat([scale32[0].expand(n), scale32[1].expand(n), scale32[2].expand(n * n)])
         dmix = dlogit * col_scale
         dbase = dlogit.sum(0)
         dscale = torch.stack([(part_g * part_m).sum() for part_g, part_m in
@@ -133,6 +161,22 @@ class MHCPostFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dnew):  # noqa: D102
+        bo, x, p, c = ctx.saved_tensors
+        M, n, D = x.shape
+
+        def reference():
+            fn = lambda bo_, x_, p_, c_: naive_mhc_post(bo_.view(1, M, D), x_.view(1, M, n, D),  # noqa: E731
+                                                        p_.view(1, M, n), c_.view(1, M, n, n))
+            grads = reference_vjp(fn, (bo, x, p, c), ctx.needs_input_grad, (dnew.reshape(1, M, n, D),))
+            return tuple(None if g is None else g.to(dtype).view(shape)
+                         for g, dtype, shape in zip(grads, (ctx.dtypes[0], x.dtype, *ctx.dtypes[1:]), ctx.shapes))
+
+        return run_or_fall_back("mhc_post.backward", dtype_signature(bo, x, p, c, dnew),
+                                lambda: MHCPostFunction._backward(ctx, dnew), reference)
+
+    @staticmethod
+    def _backward(ctx, dnew):
+        """The Triton backward: the four gradients in their inputs' dtypes and shapes."""
         from .triton import mhc_post_bwd_kernel
 
         bo, x, p, c = ctx.saved_tensors
@@ -182,7 +226,11 @@ def mhc_pre(
         raise ValueError(f"mhc_pre: sinkhorn_iters must be >= 1, got {sinkhorn_iters}")
     if streams.numel() == 0 or not use_triton("mhc_pre", streams):
         return naive_mhc_pre(streams, fn, base, scale, sinkhorn_iters, hc_eps, norm_eps)
-    return MHCPreFunction.apply(streams, fn, base, scale, sinkhorn_iters, hc_eps, norm_eps)
+    # no cast: the kernels read every float operand as fp32 (module docstring)
+    return run_or_fall_back(
+        "mhc_pre", dtype_signature(streams, fn, base, scale),
+        lambda: MHCPreFunction.apply(streams, fn, base, scale, sinkhorn_iters, hc_eps, norm_eps),
+        lambda: naive_mhc_pre(streams, fn, base, scale, sinkhorn_iters, hc_eps, norm_eps))
 
 
 def mhc_post(
@@ -204,4 +252,7 @@ def mhc_post(
                          f"[{B},{S},{n},{n}]; got {tuple(block_out.shape)}, {tuple(post.shape)}, {tuple(comb.shape)}")
     if streams.numel() == 0 or not use_triton("mhc_post", streams):
         return naive_mhc_post(block_out, streams, post, comb)
-    return MHCPostFunction.apply(block_out, streams, post, comb)
+    # no cast: block_out, streams, post and comb are each read as fp32 in the kernel (module docstring)
+    return run_or_fall_back("mhc_post", dtype_signature(block_out, streams, post, comb),
+                            lambda: MHCPostFunction.apply(block_out, streams, post, comb),
+                            lambda: naive_mhc_post(block_out, streams, post, comb))

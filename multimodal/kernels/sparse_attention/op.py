@@ -7,6 +7,12 @@ In DeepSeek-V4 the backbone builds, for every query, an index list holding its s
 last ``window`` raw tokens) followed by the top-k compressed entries chosen by the indexer, as
 positions into the concatenation [raw KV ; compressed KV] along N (``shared/reference/attention.md``
 §4.5, FlashMLA's "extra" cache in one list). This op only sees that list.
+
+Dtypes: q and kv meet in every ``tl.dot`` of both kernels (q·kvᵀ, p·kv, and in the backward do·kvᵀ,
+dlogitᵀ·q, pᵀ·do with do in q's dtype), so they are cast to one dtype first (``dispatch.common_dtype``:
+the autocast dtype when they disagree under autocast); the sink is read as fp32. The output comes back
+in the caller's ``q.dtype``, as the reference's does. A kernel Triton cannot compile for a call's
+dtypes falls back to the reference, forward or backward (``dispatch.run_or_fall_back``).
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ from __future__ import annotations
 import torch
 import triton
 
-from ..dispatch import dot_precision, use_triton
+from ..dispatch import (cast, common_dtype, dot_precision, dtype_signature, reference_vjp, run_or_fall_back,
+                        use_triton)
 from .naive import naive_sparse_mqa
 
 __all__ = ["sparse_mqa", "SparseMQAFunction"]
@@ -28,11 +35,16 @@ def _blocks(D: int, device: torch.device) -> tuple[int, int, int]:
     return 16, (32 if BD <= 256 else 16), BD
 
 
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (132 on an H100 / H200)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def _num_splits(programs: int, K: int, BK: int, device: torch.device) -> int:
     """Split the index list when (query, head-block) programs alone cannot fill the GPU (decode)."""
     if device.type != "cuda":
         return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = _sm_count(device)
     if programs >= sms:
         return 1
     return max(1, min(triton.cdiv(K, 4 * BK), triton.cdiv(2 * sms, programs)))
@@ -80,6 +92,21 @@ class SparseMQAFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):  # noqa: D102
+        q, kv, indices, _, _, sink = ctx.saved_tensors
+        sink = sink if ctx.has_sink else None
+        need = ctx.needs_input_grad
+
+        def reference():
+            fn = lambda q_, kv_, sink_: naive_sparse_mqa(q_, kv_, indices, ctx.scale, sink_)  # noqa: E731
+            dq, dkv, dsink = reference_vjp(fn, (q, kv, sink), (need[0], need[1], need[4]), (dout,))
+            return dq, dkv, None, None, dsink, None
+
+        return run_or_fall_back("sparse_mqa.backward", dtype_signature(q, kv, sink, dout),
+                                lambda: SparseMQAFunction._backward(ctx, dout), reference)
+
+    @staticmethod
+    def _backward(ctx, dout):
+        """The Triton backward: dq [B,S,H,D] in q's dtype, dkv [B,N,D] in kv's, dsink [H] in the sink's."""
         from .triton import sparse_mqa_bwd_kernel
 
         q, kv, indices, out, lse, sink = ctx.saved_tensors
@@ -134,4 +161,11 @@ def sparse_mqa(
         raise ValueError(f"sparse_mqa: sink must be [H]=[{H}], got {tuple(sink.shape)}")
     if q.numel() == 0 or indices.shape[2] == 0 or not use_triton("sparse_mqa", q):
         return naive_sparse_mqa(q, kv, indices, scale, sink)
-    return SparseMQAFunction.apply(q, kv, indices.long(), scale, sink)
+
+    def kernel() -> torch.Tensor:
+        qc, kvc = cast(common_dtype(q, kv), q, kv)  # q [B,S,H,D], kv [B,N,D]: one dtype for the dots
+        out = SparseMQAFunction.apply(qc, kvc, indices.long(), scale, sink)  # [B,S,H,D] in qc's dtype
+        return out.to(q.dtype)  # the reference's output dtype
+
+    return run_or_fall_back("sparse_mqa", dtype_signature(q, kv, sink), kernel,
+                            lambda: naive_sparse_mqa(q, kv, indices, scale, sink))
