@@ -10,7 +10,11 @@ the host). Only indices are padded, never the activations (the ScatterMoE idea, 
 prologue, the SwiGLU (with V4's clamp) into its epilogue, and the routing weight into the second
 GEMM's epilogue.
 
-All GEMMs accumulate in fp32. ``PREC`` is ``tl.dot``'s input precision (see ``dispatch.dot_precision``).
+All GEMMs accumulate in fp32. ``PREC`` is ``tl.dot``'s input precision (see ``dispatch.dot_precision``), or
+``"f32_upcast"``: both operands are widened to fp32 first (exact for bf16 inputs: a product of two bf16
+numbers fits in fp32). ``op.py`` asks for it only under the CPU interpreter with bf16 operands, whose ``tl.dot``
+multiplies the raw uint16 storage of bf16 (Triton 3.8's interpreter converts fp8 before ``np.matmul``, not
+bf16); a GPU never compiles that branch.
 """
 
 from __future__ import annotations
@@ -19,6 +23,16 @@ import triton
 import triton.language as tl
 
 __all__ = ["moe_up_kernel", "grouped_gemm_kernel", "moe_down_bwd_kernel", "grouped_wgrad_kernel"]
+
+
+@triton.jit
+def _dot(a, b, acc, PREC: tl.constexpr):
+    """acc + a @ b with fp32 accumulation; ``PREC == "f32_upcast"`` widens both operands first (module docstring)."""
+    if PREC == "f32_upcast":
+        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc, input_precision=PREC)
+    return acc
 
 
 @triton.jit
@@ -57,8 +71,8 @@ def moe_up_kernel(
             wmask = kmask[:, None] & cmask[None, :]
             b1 = tl.load(w1_ptr + woff, mask=wmask, other=0.0)
             b3 = tl.load(w3_ptr + woff, mask=wmask, other=0.0)
-            acc_g = tl.dot(a, b1, acc_g, input_precision=PREC)
-            acc_u = tl.dot(a, b3, acc_u, input_precision=PREC)
+            acc_g = _dot(a, b1, acc_g, PREC)
+            acc_u = _dot(a, b3, acc_u, PREC)
         omask = rmask[:, None] & cmask[None, :]
         ooff = rows[:, None].to(tl.int64) * sh0 + cols[None, :] * sh1
         if SAVE_GU:
@@ -110,7 +124,7 @@ def grouped_gemm_kernel(
                         mask=rmask[:, None] & kmask[None, :], other=0.0)  # [BM, BK]
             b = tl.load(b_ptr + e64 * sb0 + cols[None, :] * sbn + ks[:, None] * sbk,
                         mask=kmask[:, None] & cmask[None, :], other=0.0)  # [BK, BN]
-            acc = tl.dot(a, b, acc, input_precision=PREC)
+            acc = _dot(a, b, acc, PREC)
         if HAS_SCALE:
             acc = acc * tl.load(scale_ptr + rows, mask=rmask, other=0.0).to(tl.float32)[:, None]
         if SCATTER_C:
@@ -159,7 +173,7 @@ def moe_down_bwd_kernel(
                         mask=rmask[:, None] & kmask[None, :], other=0.0)  # [BM, BK]
             b = tl.load(w2_ptr + e64 * sw0 + ks[:, None] * sw1 + cols[None, :] * sw2,
                         mask=kmask[:, None] & cmask[None, :], other=0.0)  # [BK, BN] = w2[e] tile
-            acc = tl.dot(a, b, acc, input_precision=PREC)
+            acc = _dot(a, b, acc, PREC)
         omask = rmask[:, None] & cmask[None, :]
         off = rows[:, None].to(tl.int64) * sg0 + cols[None, :] * sg1
         g = tl.load(g_ptr + off, mask=omask, other=0.0).to(tl.float32)
@@ -222,6 +236,6 @@ def grouped_wgrad_kernel(
             a = (a.to(tl.float32) * s[:, None]).to(a_ptr.dtype.element_ty)
         b = tl.load(b_ptr + rows[:, None].to(tl.int64) * sb0 + cols_k[None, :] * sb1,
                     mask=rmask[:, None] & kmask[None, :], other=0.0)  # [BM, BK]
-        acc = tl.dot(tl.trans(a), b, acc, input_precision=PREC)
+        acc = _dot(tl.trans(a), b, acc, PREC)
     off = e.to(tl.int64) * sc0 + cols_n[:, None] * sc1 + cols_k[None, :] * sc2
     tl.store(c_ptr + off, acc.to(c_ptr.dtype.element_ty), mask=nmask[:, None] & kmask[None, :])
