@@ -2,19 +2,24 @@
 
 Usage:
     python benchmarks/kernel_ops.py                       # CUDA, DeepSeek-V4-Flash shapes
-    python benchmarks/kernel_ops.py --device cpu --small  # anyone's CPU, small shapes
+    python benchmarks/kernel_ops.py --device cuda --quick # CUDA, one or two shapes per section (~30 s on an H200)
+    python benchmarks/kernel_ops.py --device cpu --small  # anyone's CPU, small shapes (--quick: fewer of them)
 
 Rows follow ``shared/reference/performance.md`` §4: name, impl, shape, dtype, device, ms_median,
 ms_p10, ms_p90, tflops, gbps, pct_peak_flops, pct_peak_bw, max_abs_err_vs_ref (plus a note).
 Peaks: 790 TFLOP/s BF16 GEMM and 4300 GB/s on the H200 (performance.md §0); on the CPU the
 bandwidth peak is a copy measured in the same run and FLOP percentages are left empty.
 
-Sections: (1) MoE forward+backward: ours vs per-expert loop vs sorted ``torch._grouped_mm`` vs one
-dense GEMM of the same FLOPs; (2) attention prefill: CSA (indexer top-k + sparse MQA over window +
-top-k) vs dense causal SDPA; (3) a decode step at long context, GB/s vs the measured copy bandwidth;
-(4) mHC added time per block vs a plain residual add; (5) Engram retrieval (n-gram hashing + table gather),
+Sections: (1) MoE forward+backward: our two fast paths (Triton kernels; sorted ``torch._grouped_mm``) and what
+``moe_ffn`` picks between them in auto mode (its timed table, ``kernels/moe/choice.py``), vs the per-expert loop
+and one dense GEMM of the same FLOPs; (2) attention prefill: CSA (indexer top-k + sparse MQA over window +
+top-k) vs dense causal attention at the same head dim 512 (chunked q·kᵀ / softmax / p·v with bf16 inputs, fp32
+softmax: SDPA's fused backends refuse D=512, and its math backend would hold all L² scores), with the ratio on
+our row; (3) a decode step at long context, GB/s vs the measured copy bandwidth; (4) mHC added time per block vs a
+plain residual add, and the site's GB/s vs the copy bandwidth; (5) Engram retrieval (n-gram hashing + table gather),
 forward and forward+backward, GB/s of the gathered rows vs the measured copy bandwidth: ours vs the PyTorch
 reference (hash, then ``F.embedding``), and on CUDA the reference reading a table in pinned host memory.
+Memory-bound rows carry a note on what would bring them toward 60% of the bandwidth.
 
 On the CPU, "ours" runs through the Triton interpreter (this script sets ``TRITON_INTERPRET=1``
 before importing Triton): its error column is meaningful, its time is not (performance.md §2).
@@ -30,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+_STARTED = time.perf_counter()
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -38,6 +45,10 @@ def _parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--small", action="store_true", help="small shapes (CPU-sized)")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer shapes: MoE at 4k and 16k tokens, prefill at 8k and 32k, decode at 32k and 128k, "
+                        "one mHC and one Engram shape, no per-expert MoE loop (with --small: the smallest shape of "
+                        "each section)")
     p.add_argument("--json", default=None, help="output path (default runs/benchmarks/kernels-<device>.json)")
     p.add_argument("--only", default="moe,prefill,decode,mhc,engram", help="comma-separated sections")
     p.add_argument("--repeats", type=int, default=None, help="timed repetitions on CPU (default 5)")
@@ -58,6 +69,8 @@ from multimodal.kernels.engram import engram_gather, naive_engram_gather  # noqa
 from multimodal.kernels.indexer import indexer_topk  # noqa: E402
 from multimodal.kernels.mhc import mhc_post, mhc_pre, naive_mhc_post, naive_mhc_pre  # noqa: E402
 from multimodal.kernels.moe import moe_ffn, naive_moe_ffn  # noqa: E402
+from multimodal.kernels.moe.choice import CHOICES, choice_key  # noqa: E402
+from multimodal.kernels.moe.grouped import grouped_mm_moe_ffn, grouped_mm_unsupported  # noqa: E402
 from multimodal.kernels.sparse_attention import sparse_mqa  # noqa: E402
 
 PEAK_TFLOPS = {"cuda": 790.0}  # measured BF16 GEMM on H200 (performance.md §0)
@@ -147,24 +160,6 @@ def copy_bandwidth(device: torch.device, mib: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- MoE
-def grouped_mm_moe(x, w1, w3, w2, indices, weights, limit):
-    """Baseline: sort slots by expert, torch._grouped_mm for the three GEMMs, weighted scatter-add."""
-    T, k = indices.shape
-    E = w1.shape[0]
-    flat = indices.reshape(-1)
-    _, order = torch.sort(flat, stable=True)
-    counts = torch.zeros(E, dtype=torch.int64, device=x.device).scatter_add_(0, flat, torch.ones_like(flat))
-    offs = torch.cumsum(counts, 0).to(torch.int32)
-    xs = x[order // k]  # [T*k, H] gathered copy
-    g = torch._grouped_mm(xs, w1.transpose(-2, -1), offs=offs)
-    u = torch._grouped_mm(xs, w3.transpose(-2, -1), offs=offs)
-    if limit is not None:
-        g, u = g.clamp(max=limit), u.clamp(-limit, limit)
-    y = torch._grouped_mm(F.silu(g) * u, w2.transpose(-2, -1), offs=offs)  # [T*k, H]
-    y = y * weights.reshape(-1)[order, None].to(y.dtype)
-    return torch.zeros_like(x).index_add(0, order // k, y)
-
-
 def dense_same_flops(x_rows, w1, w3, w2, limit):
     """Ceiling: one dense SwiGLU FFN over the T*k rows with a single expert's weights."""
     g, u = x_rows @ w1.T, x_rows @ w3.T
@@ -173,14 +168,18 @@ def dense_same_flops(x_rows, w1, w3, w2, limit):
     return (F.silu(g) * u) @ w2.T
 
 
-def bench_moe(dev, dtype, small, repeats, rows):
+def bench_moe(dev, dtype, small, repeats, rows, quick=False):
     H, I, E, k = (64, 32, 8, 2) if small else (4096, 2048, 256, 6)
-    token_counts = (32, 128) if small else (4096, 16384, 65536)
+    if small:
+        token_counts = (32,) if quick else (32, 128)
+    else:
+        token_counts = (4096, 16384) if quick else (4096, 16384, 65536)
     limit = 10.0
     gen = torch.Generator(device=dev).manual_seed(0)
     w1 = (torch.randn(E, I, H, device=dev, generator=gen) / H**0.5).to(dtype).requires_grad_()
     w3 = (torch.randn(E, I, H, device=dev, generator=gen) / H**0.5).to(dtype).requires_grad_()
     w2 = (torch.randn(E, H, I, device=dev, generator=gen) / I**0.5).to(dtype).requires_grad_()
+    interp = dev.type == "cpu"
     for T in token_counts:
         x = torch.randn(T, H, device=dev, generator=gen).to(dtype).requires_grad_()
         indices = torch.rand(T, E, device=dev, generator=gen).topk(k, dim=1).indices
@@ -198,24 +197,31 @@ def bench_moe(dev, dtype, small, repeats, rows):
                 return out
             return run
 
-        impls = {
-            "ours (triton" + (" interpreter)" if dev.type == "cpu" else ")"):
-                lambda: moe_ffn(x, w1, w3, w2, indices, weights, limit),
-            "per-expert loop": lambda: naive_moe_ffn(x, w1, w3, w2, indices, weights, limit),
-            "sorted torch._grouped_mm": lambda: grouped_mm_moe(x, w1, w3, w2, indices, weights, limit),
+        unsupported = grouped_mm_unsupported(x, w1, w3, w2, k)
+        impls = {  # name: (policy, call, time it with the interpreter's single call)
+            "ours: triton" + (" interpreter" if interp else ""):
+                ("triton", lambda: moe_ffn(x, w1, w3, w2, indices, weights, limit), interp),
+            "ours: sorted torch._grouped_mm": ("auto", lambda: grouped_mm_moe_ffn(x, w1, w3, w2, indices, weights,
+                                                                                limit), False),
+            "ours (auto choice)": ("auto", lambda: moe_ffn(x, w1, w3, w2, indices, weights, limit), interp),
         }
-        for impl, f in impls.items():
+        if small or not quick:  # at E=256 the loop (a host sync and an fp32 weight copy per expert) takes seconds
+            impls["per-expert loop"] = ("torch", lambda: naive_moe_ffn(x, w1, w3, w2, indices, weights, limit), False)
+        for impl, (policy, f, single) in impls.items():
             try:
-                policy = "triton" if impl.startswith("ours") else "torch"
                 with forced(policy):
-                    if "interpreter" in impl:
+                    if single:
                         out, ms = once(fwd_bwd(f))
                     else:
                         with torch.no_grad():
                             out = f()
                         ms = timeit(fwd_bwd(f), dev, repeats)
                     err = (out.detach().float() - ref).abs().max().item()
-                note = "interpreter: time not meaningful" if "interpreter" in impl else ""
+                note = "interpreter: time not meaningful" if single else ""
+                if "grouped_mm" in impl and unsupported:
+                    note = f"moe_ffn would not pick it here: {unsupported}"
+                if impl == "ours (auto choice)":
+                    note = _auto_note(dev, dtype, T, H, I, E, k) + ("; " + note if note else "")
                 rows.append(row("moe_fwd_bwd", impl, shape, dtype, dev, ms, flops, err=err, note=note))
             except Exception as exc:  # a baseline missing on this build is reported, not fatal
                 rows.append(error_row("moe_fwd_bwd", impl, shape, dtype, dev, exc))
@@ -228,6 +234,16 @@ def bench_moe(dev, dtype, small, repeats, rows):
             torch.autograd.grad(out, [x_rows, *dense_w], d_rows)
         rows.append(row("moe_fwd_bwd", "dense GEMM, same FLOPs", shape, dtype, dev, timeit(dense, dev, repeats), flops,
                         note="ceiling"))
+        del x_rows, d_rows, dense_w
+
+
+def _auto_note(dev, dtype, T, H, I, E, k) -> str:  # noqa: E741
+    """Which path moe_ffn's table holds for this training call, with the in-op timings it decided on."""
+    entry = CHOICES.table.get(choice_key(dev, dtype, T, H, I, E, k, True))
+    if entry is None:
+        return "picked triton (nothing measured on this device)"
+    timings = ", ".join(f"{n} {v:.2f} ms" for n, v in entry.ms.items())
+    return f"picked {entry.path} ({timings} in its one-time measurement)"
 
 
 # ----------------------------------------------------------------------------------------------- attention
@@ -284,10 +300,36 @@ def _attn_err(q, kv, qi, ki, wi, thr, sink, pos, c, L, rows: int = 512) -> float
         return (sparse_mqa(q[:, sl], kv, idx, c["D"] ** -0.5, sink).float() - ref).abs().max().item()
 
 
-def bench_prefill(dev, dtype, small, repeats, rows):
+def dense_causal_chunked(q: torch.Tensor, kv: torch.Tensor, scale: float, chunk: int) -> torch.Tensor:
+    """Dense causal attention with one shared KV head at any head dim: q [B, S, H, D] over kv [B, S, D] (K = V).
+
+    Query chunks of ``chunk`` rows: scores q·kᵀ for the keys up to the chunk's end only (the causal half, as a
+    fused kernel would skip), GEMMs in the input dtype with fp32 accumulation, softmax in fp32, then p·v. The
+    H heads of a chunk share the one KV head, so they are one [H·chunk, D] x [D, keys] GEMM: nothing expands KV.
+    """
+    B, S, H, D = q.shape
+    out = torch.empty_like(q)
+    for c0 in range(0, S, chunk):
+        c1 = min(S, c0 + chunk)
+        qc = q[:, c0:c1].transpose(1, 2).reshape(B, H * (c1 - c0), D)  # [B, H*C, D]
+        kc = kv[:, :c1]  # [B, c1, D] keys (= values) visible to this chunk
+        scores = torch.bmm(qc, kc.transpose(1, 2)).float().mul_(scale).view(B, H, c1 - c0, c1)  # [B, H, C, c1]
+        pos = torch.arange(c0, c1, device=q.device)
+        scores.masked_fill_(pos[:, None] < torch.arange(c1, device=q.device)[None, :], float("-inf"))
+        p = torch.softmax(scores, dim=-1).to(q.dtype).view(B, H * (c1 - c0), c1)
+        out[:, c0:c1] = torch.bmm(p, kc).view(B, H, c1 - c0, D).transpose(1, 2)  # [B, C, H, D]
+        del scores, p
+    return out
+
+
+def bench_prefill(dev, dtype, small, repeats, rows, quick=False):
     c = attn_config(small)
     B = 1
-    for L in ((128, 512) if small else (8192, 32768, 131072)):
+    if small:
+        lengths = (128,) if quick else (128, 512)
+    else:
+        lengths = (8192, 32768) if quick else (8192, 32768, 131072)
+    for L in lengths:
         gen = torch.Generator(device=dev).manual_seed(1)
         inputs = csa_inputs(dev, dtype, B, L, L, c, gen)
         q, kv = inputs[:2]
@@ -301,20 +343,40 @@ def bench_prefill(dev, dtype, small, repeats, rows):
             err = _attn_err(*inputs, c, L)
             with torch.no_grad(), forced("triton"):
                 ms = once(run)[1] if interp else timeit(run, dev, repeats)
-            rows.append(row("attn_prefill", impl, shape, dtype, dev, ms, flops_csa, err=err,
-                            note="interpreter: time not meaningful" if interp else "fwd only"))
+            ours = row("attn_prefill", impl, shape, dtype, dev, ms, flops_csa, err=err,
+                       note="interpreter: time not meaningful" if interp else "fwd only")
+            rows.append(ours)
         except Exception as exc:
+            ours = None
             rows.append(error_row("attn_prefill", impl, shape, dtype, dev, exc))
+        if not (quick and L > 8192):  # the reference gathers [L, K, D] fp32 at once: one size is enough
+            try:
+                with torch.no_grad(), forced("torch"):
+                    ms = timeit(run, dev, repeats)
+                rows.append(row("attn_prefill", "CSA: PyTorch reference ops", shape, dtype, dev, ms, flops_csa))
+            except torch.OutOfMemoryError as exc:
+                rows.append(error_row("attn_prefill", "CSA: PyTorch reference ops", shape, dtype, dev, exc))
+                torch.cuda.empty_cache()
+        flops_dense = 4.0 * L * L * c["D"] * c["H"] / 2
+        # dense causal at D=512 with one KV head: query chunks sized so one fp32 score block stays near 2 GiB
+        chunk = max(16, min(L, (2**31 // (4 * c["H"] * L)) // 16 * 16))
+        name = f"dense causal, chunked math (bf16 GEMMs, fp32 softmax, {chunk}-query chunks)"
         try:
-            with torch.no_grad(), forced("torch"):
-                ms = timeit(run, dev, repeats)
-            rows.append(row("attn_prefill", "CSA: PyTorch reference ops", shape, dtype, dev, ms, flops_csa))
-        except torch.OutOfMemoryError as exc:  # the reference gathers [L, K, D] fp32 at once
-            rows.append(error_row("attn_prefill", "CSA: PyTorch reference ops", shape, dtype, dev, exc))
-            torch.cuda.empty_cache()
+            with torch.no_grad():
+                dense_ms = timeit(lambda: dense_causal_chunked(q, kv[:, :L], c["D"] ** -0.5, chunk), dev, repeats)
+            rows.append(row("attn_prefill", name, shape, dtype, dev, dense_ms, flops_dense,
+                            note="the dense baseline at our head dim (SDPA's fused kernels refuse D=512)"))
+            if ours is not None and not interp:
+                ours["speedup_vs_dense"] = round(dense_ms[0] / ours["ms_median"], 2)
+                ours["note"] = f"fwd only; {ours['speedup_vs_dense']}x the dense causal baseline's speed"
+        except Exception as exc:
+            rows.append(error_row("attn_prefill", name, shape, dtype, dev, exc))
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+        if quick:
+            continue
         qd = q.transpose(1, 2)  # [B, H, L, D]
         kd = kv[:, None, :L]  # [B, 1, L, D] one shared KV head
-        flops_dense = 4.0 * L * L * c["D"] * c["H"] / 2
         backends = [None]
         if dev.type == "cuda":
             from torch.nn.attention import SDPBackend
@@ -334,10 +396,20 @@ def bench_prefill(dev, dtype, small, repeats, rows):
                 rows.append(error_row("attn_prefill", name, shape, dtype, dev, exc))
 
 
-def bench_decode(dev, dtype, small, repeats, rows, copy_gbps):
+DECODE_NOTE = ("toward 60%: the step is several small launches (indexer scores, torch.topk over an fp32 score row "
+               "written to and read back from HBM, index building, sparse attention + combine); fuse a per-block "
+               "partial top-k into the score kernel and merge, build the window+top-k list on the device in that "
+               "kernel, and CUDA-graph the step; at B=1 give each sequence more CTAs (the score kernel tiles 32 "
+               "query rows per program for one query)")
+
+
+def bench_decode(dev, dtype, small, repeats, rows, copy_gbps, quick=False):
     c = attn_config(small)
-    L = 4096 if small else 131072
-    for B in ((1, 4) if small else (1, 32)):
+    if small:
+        contexts, batches = (4096,), ((1,) if quick else (1, 4))
+    else:
+        contexts, batches = ((32768, 131072) if quick else (131072,)), (1, 32)
+    for L, B in [(L, B) for L in contexts for B in batches]:
         gen = torch.Generator(device=dev).manual_seed(2)
         inputs = csa_inputs(dev, dtype, B, L, 1, c, gen)
         q, kv, qi, ki = inputs[:4]
@@ -353,16 +425,21 @@ def bench_decode(dev, dtype, small, repeats, rows, copy_gbps):
             mine = policy == "triton"
             with torch.no_grad(), forced(policy):
                 ms = once(run)[1] if (mine and interp) else timeit(run, dev, repeats)
-            note = f"pct_peak_bw vs measured copy {copy_gbps:.0f} GB/s"
+            note = f"pct_peak_bw vs measured copy {copy_gbps:.0f} GB/s" + (f"; {DECODE_NOTE}" if mine else "")
             rows.append(row("attn_decode", impl + (" interpreter" if mine and interp else ""), shape, dtype, dev, ms,
                             bytes_=bytes_, peak_bw=copy_gbps, err=err if mine else None,
                             note=note + ("; interpreter: time not meaningful" if mine and interp else "")))
 
 
 # ----------------------------------------------------------------------------------------------- mHC
-def bench_mhc(dev, dtype, small, repeats, rows):
+MHC_NOTE = ("toward 60%: larger BT per program to amortise the fn [(2+n)n, nD] loads over more tokens, and fuse "
+            "one site's mhc_post with the next site's mhc_pre (one pass over the n streams instead of two; the "
+            "forward of mhc_pre also reads X twice: norm+projection, then collapse)")
+
+
+def bench_mhc(dev, dtype, small, repeats, rows, copy_gbps=None, quick=False):
     n, D = (4, 128) if small else (4, 4096)
-    for T in ((256,) if small else (4096, 16384)):
+    for T in ((256,) if small else ((4096,) if quick else (4096, 16384))):
         gen = torch.Generator(device=dev).manual_seed(3)
         W = (2 + n) * n
         streams = torch.randn(1, T, n, D, device=dev, generator=gen).to(dtype).requires_grad_()
@@ -397,8 +474,14 @@ def bench_mhc(dev, dtype, small, repeats, rows):
                         err = (site(pre_fn, post_fn, False)().float() - ref).abs().max().item()
                     fn_ = site(pre_fn, post_fn, backward)
                     ms = once(fn_)[1] if interp else timeit(fn_, dev, repeats)
+                note = "" if backward else f"pct_peak_bw vs measured copy {copy_gbps:.0f} GB/s" if copy_gbps else ""
+                if policy == "triton" and not backward:
+                    note += ("; " if note else "") + MHC_NOTE
+                if interp:
+                    note = "interpreter: time not meaningful"
                 rows.append(row("mhc_site_fwd_bwd" if backward else "mhc_site_fwd", impl, shape, dtype, dev, ms,
-                                bytes_=None if backward else bytes_, err=err))
+                                bytes_=None if backward else bytes_, err=err, note=note,
+                                peak_bw=None if backward else copy_gbps))
 
         def residual(backward):
             def run():
@@ -419,7 +502,7 @@ def bench_mhc(dev, dtype, small, repeats, rows):
 
 
 # ----------------------------------------------------------------------------------------------- Engram
-def bench_engram(dev, dtype, small, repeats, rows, copy_gbps):
+def bench_engram(dev, dtype, small, repeats, rows, copy_gbps, quick=False):
     # N = 3, K = 8, d_mem = 1024 (head_dim 64), tables of 65537+ rows per head: the EngramConfig defaults
     N, K, d_mem, table_size = (3, 2, 64, 1009) if small else (3, 8, 1024, 65537)
     vocab = 129280  # DeepSeek-V3/V4 vocabulary
@@ -431,7 +514,7 @@ def bench_engram(dev, dtype, small, repeats, rows, copy_gbps):
     H, Dh = (N - 1) * K, d_mem // ((N - 1) * K)
     gen = torch.Generator(device=dev).manual_seed(4)
     table = (torch.randn(int(flat.sum()), Dh, device=dev, generator=gen) * 0.02).to(dtype).requires_grad_()
-    for T in ((256,) if small else (1024, 16384)):
+    for T in ((256,) if small else ((16384,) if quick else (1024, 16384))):
         ids = torch.randint(0, vocab, (1, T), device=dev, generator=gen)
         hist = torch.randint(0, vocab, (1, N - 1), device=dev, generator=gen)
         args = (ids, hist, mult, primes, offsets, table)
@@ -495,28 +578,36 @@ def main(args: argparse.Namespace) -> list[dict]:
     sections = set(args.only.split(","))
     copy_gbps = copy_bandwidth(dev, 64 if small else 1024)
     rows: list[dict] = [dict(name="copy_bandwidth", impl="tensor.copy_", device=dev.type, gbps=round(copy_gbps, 1))]
+    quick = args.quick
+    t0 = time.perf_counter()
+    startup = t0 - _STARTED  # imports (torch, multimodal and what it pulls in), device start, copy bandwidth
     if "moe" in sections:
-        bench_moe(dev, dtype, small, repeats, rows)
+        bench_moe(dev, dtype, small, repeats, rows, quick)
     if "prefill" in sections:
-        bench_prefill(dev, dtype, small, repeats, rows)
+        bench_prefill(dev, dtype, small, repeats, rows, quick)
     if "decode" in sections:
-        bench_decode(dev, dtype, small, repeats, rows, copy_gbps)
+        bench_decode(dev, dtype, small, repeats, rows, copy_gbps, quick)
     if "mhc" in sections:
-        bench_mhc(dev, dtype, small, repeats, rows)
+        bench_mhc(dev, dtype, small, repeats, rows, copy_gbps, quick)
     if "engram" in sections:
-        bench_engram(dev, dtype, small, repeats, rows, copy_gbps)
-    out = Path(args.json or ROOT / "runs" / "benchmarks" / f"kernels-{dev.type}{'-small' if small else ''}.json")
+        bench_engram(dev, dtype, small, repeats, rows, copy_gbps, quick)
+    tag = ("-small" if small else "") + ("-quick" if quick else "")
+    out = Path(args.json or ROOT / "runs" / "benchmarks" / f"kernels-{dev.type}{tag}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(torch=torch.__version__, device_name=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-                threads=torch.get_num_threads(), small=small)
+                threads=torch.get_num_threads(), small=small, quick=quick,
+                seconds=round(time.perf_counter() - t0, 1), startup_seconds=round(startup, 1),
+                moe_choice_table=CHOICES.format())
     out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     _print_table(rows)
-    print(f"\nwrote {out}")
+    print(f"\nmoe_ffn kernel choices (auto mode):\n{CHOICES.format()}")
+    print(f"\n{meta['seconds']} s of benchmarks after {meta['startup_seconds']} s of start-up; wrote {out}")
     return rows
 
 
 def _print_table(rows: list[dict]) -> None:
-    cols = ["name", "impl", "shape", "ms_median", "ms_p10", "tflops", "gbps", "pct_peak_flops", "pct_peak_bw", "max_abs_err_vs_ref"]
+    cols = ["name", "impl", "shape", "ms_median", "ms_p10", "tflops", "gbps", "pct_peak_flops", "pct_peak_bw",
+            "max_abs_err_vs_ref", "note"]
     print(" | ".join(cols))
     for r in rows:
         if r["name"] == "mhc_added_per_block":
