@@ -3,7 +3,7 @@ MFU and peak memory.
 
 Usage:
     python benchmarks/training.py --device cuda                       # shapes-demo vs shapes-gpu on a GPU
-    python benchmarks/training.py --device cpu --recipes shapes-demo  # the 2-core CPU
+    python benchmarks/training.py --device cpu --recipes shapes-demo,shapes-demo+resident   # the 2-core CPU
     python benchmarks/training.py --device cpu --tiny                 # seconds: the debug model (a smoke test)
 
 Each recipe is its `TrainConfig` preset (`multimodal/training/config.py`) on the shipped model (`init_from="shapes"`),
@@ -39,7 +39,8 @@ PEAK_TFLOPS = {"cuda": 989.0}
 def _parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    p.add_argument("--recipes", default="shapes-demo,shapes-gpu", help="comma-separated training presets")
+    p.add_argument("--recipes", default="shapes-demo,shapes-gpu",
+                   help="comma-separated training presets; NAME+resident: the preset with resident_data on")
     p.add_argument("--micro-batches", default="", help="comma-separated micro-batch sizes for the last recipe")
     p.add_argument("--cache", default="4096,1024", help="cached image,video items per recipe (bounds setup time)")
     p.add_argument("--warmup", type=int, default=2)
@@ -85,8 +86,12 @@ def _reference_kernels():
 
 
 def _config(name: str, args, device, micro: int | None, out: Path):
+    """The recipe `name` (a training preset; `+resident` appended turns resident_data on) at benchmark size."""
     from multimodal.training.config import train_preset
-    cfg = train_preset(name)
+    preset_name, *options = name.split("+")
+    cfg = train_preset(preset_name)
+    if "resident" in options:
+        cfg = cfg.replace(resident_data=True)
     images, videos = (int(x) for x in args.cache.split(","))
     changes = dict(device=str(device), progress=False, eval_every=0, save_every=0, score_samples=0,
                    latent_cache={"image": images, "video": videos}, max_steps=1000, warmup_steps=1,
