@@ -41,6 +41,7 @@ class ResidentMedia:
             raise ValueError(f"ResidentMedia: expected latents [N, C, T', h, w], ids [N, L], lengths [N]; got "
                              f"{tuple(latents.shape)}, {tuple(ids.shape)}, {tuple(lengths.shape)}")
         self.latents, self.ids, self.lengths = latents, ids, lengths
+        self.lengths_host = lengths.cpu()                # to cut a batch's ids to its longest caption on the host
 
     @classmethod
     def from_latents(cls, data: LatentDataset, tokenizer: Any, seq_len: int, device: torch.device | str,
@@ -66,9 +67,15 @@ class ResidentMedia:
     def __len__(self) -> int:
         return self.latents.shape[0]
 
-    def batch(self, index: torch.Tensor) -> dict[str, Any]:
-        """Items `index` [B] (long, on the device) -> {"latents": [B, C, T', h, w], "captions": PackedText}."""
-        return {"latents": self.latents[index], "captions": PackedText(self.ids[index], self.lengths[index])}
+    def batch(self, index: torch.Tensor, index_host: torch.Tensor | None = None) -> dict[str, Any]:
+        """Items `index` [B] (long, on the device) -> {"latents": [B, C, T', h, w], "captions": PackedText}.
+
+        With `index_host` (the same items, on the host) the ids are cut to the batch's longest caption, as the list
+        path pads them: the same sequences, and no compute spent on the cache's longest caption."""
+        ids = self.ids[index]
+        if index_host is not None:
+            ids = ids[:, :max(1, int(self.lengths_host[index_host].max()))]
+        return {"latents": self.latents[index], "captions": PackedText(ids, self.lengths[index])}
 
 
 class _Captions(Dataset):

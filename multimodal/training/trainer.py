@@ -447,8 +447,6 @@ class Trainer:
         task = self.tasks[name]
         if name in self.resident:
             resident = self.resident[name]
-            if getattr(task, "needs_pixels", False):
-                return resident.batch(self.streams[name].take_tensor(n, resident.device))
             return resident.batch(*reversed(self.streams[name].take_both(n, resident.device)))
         return task.collate(self._items(name, n), self.device)
 

@@ -64,8 +64,8 @@ def test_resident_batches_hold_the_items_of_the_stream(tmp_path, tiny_config, ae
 
 
 def test_resident_run_trains_like_the_list_run(tmp_path, tiny_config, ae_file):
-    """Same items, same noise, same losses: only where the batch is assembled differs (the padded width of the
-    caption table may differ from the batch's, so the sums may round differently)."""
+    """Same items, same noise, same sequences (captions cut to the batch's longest), so the very same losses: only
+    where the batch is assembled differs."""
     cfg = tiny_config.replace(tasks={name: 1.0 for name in MEDIA_TASKS}, autoencoder=str(ae_file),
                               train_samples=12, latent_cache=12, micro_batch_size=2, grad_accum=3, max_steps=3)
     Trainer(cfg, tmp_path / "plain", log=lambda s: None).train()
@@ -74,7 +74,7 @@ def test_resident_run_trains_like_the_list_run(tmp_path, tiny_config, ae_file):
     def records(out):
         return [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "train"]
     plain, resident = records(tmp_path / "plain"), records(tmp_path / "resident")
-    assert [r["loss"] for r in resident] == pytest.approx([r["loss"] for r in plain], rel=1e-4, abs=1e-5)
+    assert [r["loss"] for r in resident] == [r["loss"] for r in plain]
     assert [r["tokens"] for r in resident] == [r["tokens"] for r in plain]
 
 
