@@ -8,10 +8,11 @@ Usage:
 
 Each recipe is its `TrainConfig` preset (`multimodal/training/config.py`) on the shipped model (`init_from="shapes"`),
 with a smaller latent cache (`--cache`) so setting up takes seconds; the model, batch shapes and kernels are the
-recipe's. For every task the script times one micro-batch's forward + backward (`--repeats` times after `--warmup`;
-samples/s = micro-batch / time), then whole optimizer updates (`Trainer.train_step`: micro-batches of the drawn
-tasks, clipping, AdamW, EMA, router biases) for updates/s and samples/s. `--micro-batches` sweeps the micro-batch of
-the GPU recipe.
+recipe's. All recipes are built first; then for every task the script times one micro-batch's forward + backward
+(`--repeats` times after `--warmup`; samples/s = micro-batch / median time), then whole optimizer updates
+(`Trainer.train_step`: micro-batches of the drawn tasks, clipping, AdamW, EMA, router biases) for updates/s and
+samples/s, round-robin over the recipes within each repeat, so that drift and background load fall on all alike.
+`--micro-batches` adds the last recipe at other micro-batch sizes.
 
 MFU: model FLOPs per sample of each task are counted once by `torch.utils.flop_counter.FlopCounterMode` on the
 PyTorch reference ops (the Triton kernels are invisible to it) at a small batch, forward + backward; the achieved
@@ -119,47 +120,90 @@ def _flops_per_sample(trainer, name: str, n: int = 8) -> float | None:
     return counter.get_total_flops() / n if counter.get_total_flops() else None
 
 
-def bench_recipe(name: str, args, device, micro: int | None) -> dict:
-    import torch
-    from multimodal.training.trainer import Trainer
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = _config(name, args, device, micro, Path(tmp))
+class _Recipe:
+    """One recipe's trainer at benchmark size, and its row of results."""
+
+    def __init__(self, name: str, args, device, micro: int | None, root: Path) -> None:
+        from multimodal.training.trainer import Trainer
+        self.cfg = _config(name, args, device, micro, root)
         t0 = time.perf_counter()
-        trainer = Trainer(cfg, Path(tmp) / "run", log=lambda s: None)
-        setup_s = time.perf_counter() - t0
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        row = {"recipe": name, "device": str(device), "micro_batch_size": cfg.micro_batch_size,
-               "grad_accum": cfg.grad_accum, "samples_per_update": cfg.batch_size, "resident_data": cfg.resident_data,
-               "precision": "bf16" if trainer.amp_dtype is not None else "fp32", "setup_s": round(setup_s, 1),
-               "tasks": {}}
-        flops_per_update = 0.0
-        weights = {n: cfg.tasks[n] for n in trainer.tasks}
-        total_w = sum(weights.values())
-        for task in sorted(trainer.tasks):
-            def step(task=task):
-                batch = trainer.next_batch(task, cfg.micro_batch_size)
-                with trainer._autocast():
-                    loss, _ = trainer.tasks[task].loss(trainer.model, batch)
-                loss.backward()
-                trainer.loads.reset()
-            seconds = _time(step, device, args.warmup, args.repeats)
-            trainer.model.zero_grad(set_to_none=True)
-            flops = _flops_per_sample(trainer, task)
-            entry = {"seconds_per_micro_batch": seconds, "samples_per_s": cfg.micro_batch_size / seconds}
+        self.trainer = Trainer(self.cfg, root / "run", log=lambda s: None)
+        self.device = device
+        self.peak = 0
+        cfg, trainer = self.cfg, self.trainer
+        self.row = {"recipe": name, "device": str(device), "micro_batch_size": cfg.micro_batch_size,
+                    "grad_accum": cfg.grad_accum, "samples_per_update": cfg.batch_size,
+                    "resident_data": cfg.resident_data,
+                    "precision": "bf16" if trainer.amp_dtype is not None else "fp32",
+                    "setup_s": round(time.perf_counter() - t0, 1), "tasks": {}}
+
+    def micro_step(self, task: str) -> None:
+        """Forward + backward of one micro-batch of `task` (gradients dropped)."""
+        trainer = self.trainer
+        batch = trainer.next_batch(task, self.cfg.micro_batch_size)
+        with trainer._autocast():
+            loss, _ = trainer.tasks[task].loss(trainer.model, batch)
+        loss.backward()
+        trainer.model.zero_grad(set_to_none=True)
+        trainer.loads.reset()
+
+    def timed(self, fn) -> float:
+        """Seconds of one call of `fn` (synchronised on CUDA); tracks this recipe's peak memory."""
+        import torch
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        _sync(self.device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(self.device)
+        seconds = time.perf_counter() - t0
+        if self.device.type == "cuda":
+            self.peak = max(self.peak, torch.cuda.max_memory_allocated(self.device))
+        return seconds
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def bench(recipes: list[_Recipe], args) -> None:
+    """Time every recipe's tasks and updates round-robin (recipe after recipe within each repeat), so the machine's
+    drift and background load fall on all of them alike; fill each recipe's row."""
+    tasks = sorted({t for r in recipes for t in r.trainer.tasks})
+    for task in tasks:
+        having = [r for r in recipes if task in r.trainer.tasks]
+        times: dict[int, list[float]] = {id(r): [] for r in having}
+        for rep in range(args.warmup + args.repeats):
+            for r in having:
+                seconds = r.timed(lambda r=r: r.micro_step(task))
+                if rep >= args.warmup:
+                    times[id(r)].append(seconds)
+        for r in having:
+            seconds = _median(times[id(r)])
+            entry = {"seconds_per_micro_batch": seconds, "samples_per_s": r.cfg.micro_batch_size / seconds}
+            flops = _flops_per_sample(r.trainer, task)
             if flops:
                 entry["gflops_per_sample"] = flops / 1e9
-                if device.type in PEAK_TFLOPS:
-                    entry["mfu"] = flops * entry["samples_per_s"] / (PEAK_TFLOPS[device.type] * 1e12)
-                flops_per_update += flops * cfg.batch_size * weights[task] / total_w
-            row["tasks"][task] = entry
-        seconds = _time(trainer.train_step, device, 1, args.updates)
-        row.update(seconds_per_update=seconds, updates_per_s=1.0 / seconds, samples_per_s=cfg.batch_size / seconds)
-        if flops_per_update and device.type in PEAK_TFLOPS:
-            row["mfu"] = flops_per_update / seconds / (PEAK_TFLOPS[device.type] * 1e12)
-        if device.type == "cuda":
-            row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
-        return row
+                if r.device.type in PEAK_TFLOPS:
+                    entry["mfu"] = flops * entry["samples_per_s"] / (PEAK_TFLOPS[r.device.type] * 1e12)
+            r.row["tasks"][task] = entry
+    updates: dict[int, list[float]] = {id(r): [] for r in recipes}
+    for rep in range(1 + args.updates):
+        for r in recipes:
+            seconds = r.timed(r.trainer.train_step)
+            if rep >= 1:
+                updates[id(r)].append(seconds)
+    for r in recipes:
+        seconds = _median(updates[id(r)])
+        r.row.update(seconds_per_update=seconds, updates_per_s=1.0 / seconds,
+                     samples_per_s=r.cfg.batch_size / seconds)
+        weights = {n: r.cfg.tasks[n] for n in r.trainer.tasks}
+        flops = sum(r.row["tasks"][n].get("gflops_per_sample", 0.0) * 1e9 * w for n, w in weights.items())
+        flops_per_update = flops / sum(weights.values()) * r.cfg.batch_size
+        if flops_per_update and r.device.type in PEAK_TFLOPS:
+            r.row["mfu"] = flops_per_update / seconds / (PEAK_TFLOPS[r.device.type] * 1e12)
+        if r.device.type == "cuda":
+            r.row["peak_memory_gib"] = r.peak / 2 ** 30
 
 
 def main(argv=None) -> list[dict]:
@@ -170,17 +214,26 @@ def main(argv=None) -> list[dict]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("benchmarks/training.py: --device cuda, but CUDA is not available on this machine")
-    recipes = [r for r in args.recipes.split(",") if r]
+    names = [r for r in args.recipes.split(",") if r]
     micros = [int(m) for m in args.micro_batches.split(",") if m]
-    plan = [(r, None) for r in recipes] + [(recipes[-1], m) for m in micros]
-    rows = []
-    for recipe, micro in plan:
-        try:
-            rows.append(bench_recipe(recipe, args, device, micro))
-        except Exception as exc:  # noqa: BLE001 - a failing recipe is a row, the others still run
-            rows.append({"recipe": recipe, "micro_batch_size": micro, "device": str(device),
-                         "error": f"{type(exc).__name__}: {exc}"[:2000]})
-        print(json.dumps(rows[-1]), flush=True)
+    plan = [(r, None) for r in names] + [(names[-1], m) for m in micros]
+    rows, recipes = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, micro) in enumerate(plan):
+            try:
+                recipes.append(_Recipe(name, args, device, micro, Path(tmp) / str(i)))
+                rows.append(recipes[-1].row)
+            except Exception as exc:  # noqa: BLE001 - a recipe that cannot start is a row; the others still run
+                rows.append({"recipe": name, "micro_batch_size": micro, "device": str(device),
+                             "error": f"{type(exc).__name__}: {exc}"[:2000]})
+        if recipes:
+            try:
+                bench(recipes, args)
+            except Exception as exc:  # noqa: BLE001 - keep what was measured, say what broke
+                for r in recipes:
+                    r.row.setdefault("error", f"{type(exc).__name__}: {exc}"[:2000])
+    for row in rows:
+        print(json.dumps(row), flush=True)
     _print_table(rows)
     path = Path(args.json or ROOT / "benchmarks" / "results" / f"training_{device.type}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
