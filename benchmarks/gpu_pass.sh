@@ -4,7 +4,7 @@
 #
 #   benchmarks/gpu_pass.sh                  # on the device: python3 there holds torch; carried wheels in .whl/
 #   OUT=/tmp/o benchmarks/gpu_pass.sh --dry-run   # all of it at toy sizes on the CPU, under 2 minutes (budget 100)
-#   benchmarks/gpu_pass.sh --budget 540     # seconds for the whole pass (default 540: a 600 s device call)
+#   benchmarks/gpu_pass.sh --budget 480     # seconds for the whole pass (default 480: inside 8 minutes)
 #
 # Stages (each bounded by `timeout`; a failing stage is logged and the next one still runs, so a crash in training
 # still leaves the kernel JSON and the test log):
@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-if [ -z "$BUDGET" ]; then BUDGET=$([ "$DRY" = 1 ] && echo 100 || echo 540); fi
+if [ -z "$BUDGET" ]; then BUDGET=$([ "$DRY" = 1 ] && echo 100 || echo 480); fi
 if [ -z "${OUT:-}" ]; then
   echo "gpu_pass: \$OUT is unset; set it to the folder the results should be written to" >&2
   exit 2
