@@ -18,6 +18,7 @@ from torch import nn
 
 from ..config import MoEConfig
 from ..kernels.dispatch import use_triton
+from ..kernels.moe.naive import expert_counts
 
 
 def score_function(name: str, logits: torch.Tensor) -> torch.Tensor:
@@ -96,13 +97,6 @@ class HashRouter(Router):
         scores = score_function(self.cfg.scoring_func, F.linear(x, self.weight))
         indices = self.tid2eid[token_ids.reshape(-1)].long()
         return self._weights(scores, indices), indices, scores
-
-
-def expert_counts(flat: torch.Tensor, n_experts: int) -> torch.Tensor:
-    """Tokens per expert [E] (int64) of flat expert ids [N], without reading anything on the host (`bincount` on CUDA
-    reads its input's maximum to size its output, a synchronisation in every MoE layer)."""
-    return torch.zeros(n_experts, dtype=torch.long, device=flat.device).scatter_add_(0, flat.long(),
-                                                                                    torch.ones_like(flat, dtype=torch.long))
 
 
 def _grouped_mm_usable(x: torch.Tensor, w: torch.Tensor) -> bool:

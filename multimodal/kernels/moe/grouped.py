@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from .naive import swiglu
+from .naive import expert_counts, swiglu
 
 __all__ = ["grouped_mm_moe_ffn", "grouped_mm_unsupported"]
 
@@ -96,8 +96,7 @@ def grouped_mm_moe_ffn(
     w1, w3, w2 = w1.contiguous(), w3.contiguous(), w2.contiguous()
     flat = indices.reshape(-1).long()  # [R] expert of slot s = t*k + j
     order = torch.sort(flat, stable=True).indices  # [R] slot of sorted row r
-    counts = torch.zeros(E, dtype=torch.int32, device=x.device)
-    counts.scatter_add_(0, flat, torch.ones_like(flat, dtype=torch.int32))  # [E] (bincount would sync)
+    counts = expert_counts(flat, E)  # [E] (bincount would sync)
     offs = torch.cumsum(counts, 0, dtype=torch.int32)  # [E] end of each expert's rows
     inv = torch.empty_like(order).scatter_(0, order, torch.arange(R, device=x.device))  # [R] sorted row of slot s
     xs = x[:, None, :].expand(T, k, H).reshape(R, H)[order]  # [R, H] token rows, sorted by expert

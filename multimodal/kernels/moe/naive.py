@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["naive_moe_ffn", "swiglu"]
+__all__ = ["expert_counts", "naive_moe_ffn", "swiglu"]
 
 
 def swiglu(g: torch.Tensor, u: torch.Tensor, swiglu_limit: float | None) -> torch.Tensor:
@@ -25,6 +25,13 @@ def swiglu(g: torch.Tensor, u: torch.Tensor, swiglu_limit: float | None) -> torc
         g = g.clamp(max=swiglu_limit)
         u = u.clamp(min=-swiglu_limit, max=swiglu_limit)
     return F.silu(g) * u
+
+
+def expert_counts(flat: torch.Tensor, n_experts: int) -> torch.Tensor:
+    """Tokens per expert [E] (int64) of flat expert ids [N], without reading anything on the host (`bincount` on CUDA
+    reads its input's maximum to size its output, a synchronisation in every MoE layer)."""
+    return torch.zeros(n_experts, dtype=torch.long, device=flat.device).scatter_add_(0, flat.long(),
+                                                                                    torch.ones_like(flat, dtype=torch.long))
 
 
 def naive_moe_ffn(

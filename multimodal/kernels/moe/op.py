@@ -39,11 +39,11 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from ..dispatch import (cast, dot_precision, dtype_signature, kernel_policy, reference_vjp, run_or_fall_back,
-                        use_triton)
+from ..dispatch import (cast, common_dtype, dot_precision, dtype_signature, kernel_policy, reference_vjp,
+                        run_or_fall_back, use_triton)
 from .choice import CHOICES, Candidate, choice_key
 from .grouped import grouped_mm_moe_ffn, grouped_mm_unsupported
-from .naive import naive_moe_ffn
+from .naive import expert_counts, naive_moe_ffn
 
 __all__ = ["moe_ffn", "MoEFFNFunction", "choose_path", "compute_dtype"]
 
@@ -84,8 +84,7 @@ def _route(indices: torch.Tensor, E: int, BM: int) -> _Routing:
     R = T * k
     flat = indices.reshape(-1)  # [R]
     _, order = torch.sort(flat, stable=True)  # [R]
-    counts = torch.zeros(E, dtype=torch.int64, device=flat.device)
-    counts.scatter_add_(0, flat, torch.ones_like(flat))  # [E] (bincount would sync on its max)
+    counts = expert_counts(flat, E)  # [E] int64 (bincount would sync on its max)
     seg_end = torch.cumsum(counts, 0)
     seg_start = seg_end - counts
     nblk = (counts + BM - 1) // BM  # [E] M-blocks per expert
@@ -256,15 +255,13 @@ def compute_dtype(x: torch.Tensor, *weights: torch.Tensor) -> torch.dtype:
     """The one dtype in which x and the expert weights meet in the GEMMs (module docstring, "Dtypes").
 
     Under ``torch.autocast`` enabled for x's device type: the autocast dtype, as autocast would cast a matmul's
-    inputs. Otherwise ``torch.promote_types`` over x and the weights (nothing loses precision).
+    inputs, also when they all agree (unlike :func:`~multimodal.kernels.dispatch.common_dtype`, which keeps agreeing
+    operands). Otherwise ``common_dtype``: the promoted dtype of x and the weights (nothing loses precision).
     """
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
-    out = x.dtype
-    for w in weights:
-        out = torch.promote_types(out, w.dtype)
-    return out
+    return common_dtype(x, *weights)
 
 
 def choose_path(x: torch.Tensor, w1: torch.Tensor, w3: torch.Tensor, w2: torch.Tensor, indices: torch.Tensor,
