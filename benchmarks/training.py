@@ -59,20 +59,6 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time(fn, device, warmup: int, repeats: int) -> float:
-    """Median seconds of `fn()` over `repeats` calls after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
 @contextlib.contextmanager
 def _reference_kernels():
     before = os.environ.get("MULTIMODAL_KERNELS")
@@ -109,7 +95,6 @@ def _config(name: str, args, device, micro: int | None, out: Path):
 
 def _flops_per_sample(trainer, name: str, n: int = 8) -> float | None:
     """Forward + backward FLOPs of one sample of task `name` (reference ops, `n` samples, divided by n)."""
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
     batch = trainer.next_batch(name, n)
     with _reference_kernels(), FlopCounterMode(display=False) as counter, trainer._autocast():
@@ -117,7 +102,8 @@ def _flops_per_sample(trainer, name: str, n: int = 8) -> float | None:
         loss.backward()
     trainer.model.zero_grad(set_to_none=True)
     trainer.loads.reset()
-    return counter.get_total_flops() / n if counter.get_total_flops() else None
+    flops = counter.get_total_flops()
+    return flops / n if flops else None
 
 
 class _Recipe:

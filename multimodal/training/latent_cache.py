@@ -136,7 +136,7 @@ def encode_dataset(autoencoder: nn.Module, dataset: Dataset, items: int, log: Ca
             pending.clear()
 
     source = _Pixels(dataset, items)
-    loader = DataLoader(source, batch_size=None, num_workers=workers, prefetch_factor=64 if workers else None) \
+    loader = DataLoader(source, batch_size=None, num_workers=workers, prefetch_factor=64) \
         if workers > 0 else (source[i] for i in range(items))
     for i, pixels, error in loader:
         if pixels is None:

@@ -88,10 +88,8 @@ class MediaTask:
         if self.mode == "generate":
             loss = model.generation_loss(ids, latents.to(model.dtype), self.kind, repeats=self.flow_repeats)
             tokens: Any = 0.0
-        elif hasattr(ids, "lengths"):
-            loss = model.caption_loss(latents.to(model.dtype), self.kind, ids)
-            tokens = ids.lengths.sum() + ids.lengths.shape[0]                           # a tensor: read once per update
         else:
             loss = model.caption_loss(latents.to(model.dtype), self.kind, ids)
-            tokens = float(sum(len(c) + 1 for c in ids))
+            tokens = ids.lengths.sum() + ids.lengths.shape[0] if hasattr(ids, "lengths") else \
+                float(sum(len(c) + 1 for c in ids))                                     # a tensor is read once per update
         return loss, {"tokens": tokens}

@@ -438,7 +438,7 @@ class Trainer:
         """`clip_gradients` without reading the norm on the host: the 0-d norm tensor."""
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True if self.device.type == "cuda" else None)
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)        # foreach (one launch) on CUDA by default
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm          # a sharded (DTensor) norm
 
     def next_batch(self, name: str, n: int) -> dict[str, Any]:
@@ -464,7 +464,7 @@ class Trainer:
         counted = [t.float().reshape(()) for t in token_counts if torch.is_tensor(t)]
         tensors = losses + [grad_norm.float().reshape(())] + counted
         if balance is not None:
-            tensors.append(balance.float().reshape(()).to(grad_norm.device))
+            tensors.append(balance.float().reshape(()))
         values = torch.stack([t.to(grad_norm.device) for t in tensors]).tolist()     # the one host read
         loss_values = values[:len(losses)]
         for name, value in zip(names, loss_values):
@@ -513,7 +513,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.model)
-        balance = self.loads.apply() if self.config.router_bias_update else self.loads.reset()
+        balance = self.loads.apply() if cfg.router_bias_update else self.loads.reset()
         self.schedule.advance()
         return lr, [n for n, _, _ in micro_batches], shares, losses, grad_norm, token_counts, balance
 
