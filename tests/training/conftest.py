@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from multimodal.tokenizers.autoencoder import CausalAutoencoder
+from multimodal.tokenizers.config import AutoencoderConfig
 from multimodal.training.config import TrainConfig
 
 TINY = dict(preset="debug", vocab_size=300, seq_len=16, micro_batch_size=2, grad_accum=1, train_samples=256,
@@ -24,3 +26,15 @@ def _one_thread():
 @pytest.fixture
 def tiny_config() -> TrainConfig:
     return TrainConfig(**TINY)
+
+
+SMALL_AE = dict(channels=(8, 16, 16), latent_channels=16)     # a small, untrained causal autoencoder
+
+
+@pytest.fixture(scope="module")
+def autoencoder_file(tmp_path_factory):
+    """The weights of a `SMALL_AE` autoencoder (seed 0), for media runs: `autoencoder=str(autoencoder_file)`."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ae") / "ae.safetensors"
+    CausalAutoencoder(AutoencoderConfig(**SMALL_AE)).save_pretrained(path)
+    return path

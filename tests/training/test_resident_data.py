@@ -17,15 +17,7 @@ from multimodal.training.resident_data import ResidentMedia
 from multimodal.training.tasks import SampleStream
 from multimodal.training.trainer import Trainer
 
-SMALL_AE = dict(channels=(8, 16, 16), latent_channels=16)
-
-
-@pytest.fixture(scope="module")
-def ae_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ae") / "ae.safetensors"
-    CausalAutoencoder(AutoencoderConfig(**SMALL_AE)).save_pretrained(path)
-    return path
+from .conftest import SMALL_AE
 
 
 def test_take_tensor_equals_take_across_epochs():
@@ -47,8 +39,8 @@ def test_parallel_rendering_encodes_the_same_latents():
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5, msg=name)
 
 
-def test_resident_batches_hold_the_items_of_the_stream(tmp_path, tiny_config, ae_file):
-    cfg = tiny_config.replace(tasks={name: 1.0 for name in MEDIA_TASKS}, autoencoder=str(ae_file), train_samples=12,
+def test_resident_batches_hold_the_items_of_the_stream(tmp_path, tiny_config, autoencoder_file):
+    cfg = tiny_config.replace(tasks={name: 1.0 for name in MEDIA_TASKS}, autoencoder=str(autoencoder_file), train_samples=12,
                               latent_cache=12, resident_data=True, micro_batch_size=3)
     trainer = Trainer(cfg, tmp_path / "r", log=lambda s: None)
     data, media = trainer.train_data["video"], trainer.resident["video_to_text"]
@@ -63,10 +55,10 @@ def test_resident_batches_hold_the_items_of_the_stream(tmp_path, tiny_config, ae
         assert batch["captions"].ids[row, :len(ids)].tolist() == ids and batch["captions"].lengths[row] == len(ids)
 
 
-def test_resident_run_trains_like_the_list_run(tmp_path, tiny_config, ae_file):
+def test_resident_run_trains_like_the_list_run(tmp_path, tiny_config, autoencoder_file):
     """Same items, same noise, same sequences (captions cut to the batch's longest), so the very same losses: only
     where the batch is assembled differs."""
-    cfg = tiny_config.replace(tasks={name: 1.0 for name in MEDIA_TASKS}, autoencoder=str(ae_file),
+    cfg = tiny_config.replace(tasks={name: 1.0 for name in MEDIA_TASKS}, autoencoder=str(autoencoder_file),
                               train_samples=12, latent_cache=12, micro_batch_size=2, grad_accum=3, max_steps=3)
     Trainer(cfg, tmp_path / "plain", log=lambda s: None).train()
     Trainer(cfg.replace(resident_data=True), tmp_path / "resident", log=lambda s: None).train()
@@ -78,11 +70,11 @@ def test_resident_run_trains_like_the_list_run(tmp_path, tiny_config, ae_file):
     assert [r["tokens"] for r in resident] == [r["tokens"] for r in plain]
 
 
-def test_resident_text_batches_equal_collated_captions(tmp_path, tiny_config, ae_file):
+def test_resident_text_batches_equal_collated_captions(tmp_path, tiny_config, autoencoder_file):
     """The language-modelling task reads the resident captions of both kinds: the same tensors as `TextTask.collate`
     of those captions, and the same count of predicted tokens."""
     cfg = tiny_config.replace(tasks={"text": 1.0, "image_to_text": 1.0, "text_to_video": 1.0},
-                              autoencoder=str(ae_file), train_samples=12, latent_cache=12, resident_data=True)
+                              autoencoder=str(autoencoder_file), train_samples=12, latent_cache=12, resident_data=True)
     trainer = Trainer(cfg, tmp_path / "r", log=lambda s: None)
     text = trainer.resident["text"]
     assert len(text) == 24 and len(trainer.streams["text"].take(24)) == 24
@@ -106,14 +98,14 @@ def test_resident_data_rejects_clips_of_several_lengths():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the host-synchronisation check needs CUDA")
-def test_update_never_waits_for_the_host(tmp_path, tiny_config, ae_file, monkeypatch):
+def test_update_never_waits_for_the_host(tmp_path, tiny_config, autoencoder_file, monkeypatch):
     """Every part of an update (batch gathering, sequence building, forward, backward, clipping, fused AdamW, EMA,
     router biases) runs under `torch.cuda.set_sync_debug_mode("error")`. The MoE op's choice of path measures once
     per shape bucket, which reads timings on the host by design (tests/kernels/test_moe_choice.py); a batch of a
     new length could meet a new bucket here, so the table is frozen for the checked update."""
     from multimodal.kernels.moe.choice import CHOICES
 
-    cfg = tiny_config.replace(tasks={"text": 1.0, **{name: 1.0 for name in MEDIA_TASKS}}, autoencoder=str(ae_file),
+    cfg = tiny_config.replace(tasks={"text": 1.0, **{name: 1.0 for name in MEDIA_TASKS}}, autoencoder=str(autoencoder_file),
                               train_samples=128,
                               latent_cache=128, resident_data=True, micro_batch_size=8, grad_accum=4, device="cuda",
                               precision="bf16", ema_decay=0.99)

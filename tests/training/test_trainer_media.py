@@ -7,27 +7,17 @@ from __future__ import annotations
 import json
 import shutil
 
-import pytest
 import torch
 
 from multimodal.cli import main
 from multimodal.model import UnifiedModel
 from multimodal.pipelines.image_caption import ImageCaptionPipeline
 from multimodal.tokenizers.autoencoder import CausalAutoencoder
-from multimodal.tokenizers.config import AutoencoderConfig
 from multimodal.training.media_tasks import MEDIA_TASKS
 from multimodal.training.metrics import read_metrics
 from multimodal.training.trainer import Trainer
 
-SMALL_AE = dict(channels=(8, 16, 16), latent_channels=16)
-
-
-@pytest.fixture(scope="module")
-def autoencoder_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ae") / "ae.safetensors"
-    CausalAutoencoder(AutoencoderConfig(**SMALL_AE)).save_pretrained(path)
-    return path
+from .conftest import SMALL_AE
 
 
 def _mix(tiny_config, autoencoder_file, **changes):
