@@ -466,6 +466,21 @@ class UnifiedModel(nn.Module):
         logits = self(batch).logits                                                     # [B, S, V]
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
 
+    def caption_log_likelihood(self, latents: torch.Tensor, kind: str,
+                               captions: "Sequence[Sequence[int]] | PackedText") -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced log-likelihood of each `caption <eos>` after `<bos> <begin> visual <end>`, in one backbone
+        forward, no sampling -> (sum of the log-probabilities [B] float32, number of scored tokens [B] long).
+
+        latents [B, C, T', h, w] (one shape); captions as id lists or a `PackedText`. The scored tokens are the
+        caption's and the closing `<eos>`, so a caption that leaves something in the picture unsaid scores lower."""
+        if not isinstance(captions, PackedText):
+            captions = PackedText.from_lists(captions, self.config.token_ids.pad)
+        batch, labels = self.packed_caption_batch(latents, kind, captions)
+        logits = self(batch).logits.float()                                             # [B, S, V]
+        scored = labels != -100                                                         # [B, S]
+        log_probs = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1))[..., 0]
+        return (log_probs * scored).sum(1), scored.sum(1)
+
     def _caption_loss_by_segments(self, latents: Sequence[torch.Tensor], kind: str,
                                   captions: Sequence[Sequence[int]]) -> torch.Tensor:
         """`caption_loss` for latents of different shapes: one segment list per sample (`build_batch`)."""

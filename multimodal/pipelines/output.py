@@ -29,16 +29,22 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 @dataclass
 class ImagePipelineOutput(BaseOutput):
-    """images: see the module table."""
+    """images: see the module table. With `num_candidates` K > 1 (rerank.py): scores [M, K] float32, each draft's
+    log-likelihood of its prompt, best first; candidate_index [M, K] long, the draw each score belongs to; with
+    `return_all_candidates=True`, images holds all M * K drafts in that order (output-major)."""
 
     images: Any
+    scores: torch.Tensor | None = None
+    candidate_index: torch.Tensor | None = None
 
 
 @dataclass
 class VideoPipelineOutput(BaseOutput):
-    """frames: see the module table."""
+    """frames: see the module table; scores and candidate_index as in `ImagePipelineOutput`."""
 
     frames: Any
+    scores: torch.Tensor | None = None
+    candidate_index: torch.Tensor | None = None
 
 
 @dataclass

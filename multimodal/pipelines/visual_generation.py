@@ -2,13 +2,15 @@
 
 1. tokenize the prompts (and the negative / empty prompts when guidance is on);
 2. one backbone forward over `<bos> prompt <begin> <gen> x Nq` for all of them -> conditions [2B, Nq, dim];
-3. draw the initial noise per sample with its generator (diffusers' `randn_tensor`);
+3. draw the initial noise per sample with its generator (diffusers' `randn_tensor`); with `num_candidates` K > 1,
+   K rounds of it, so each output gets K drafts (rerank.py);
 4. for each scheduler timestep run only the small flow head on [uncond; cond], mix with the guidance scale
    v = v_u + g (v_c - v_u), and let the scheduler step (any diffusers flow scheduler: Euler, Heun, DPM-Solver with
    `prediction_type="flow_prediction"`, ...);
-5. decode the latents with the autoencoder and post-process to `output_type`.
+5. decode the latents with the autoencoder; with K drafts, score each by the model's reading of the prompt and
+   keep the best (rerank.py); post-process to `output_type`.
 
-The backbone runs once per sample, whatever the number of steps.
+The backbone runs once per sample, whatever the number of steps and drafts.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .base import MultimodalPipeline
 from .output import check_output_type
+from .rerank import ScoreOutput, check_num_candidates, quantize_pixels, rank_drafts
 
 
 def set_scheduler_timesteps(scheduler, num_inference_steps: int, device: torch.device, image_seq_len: int) -> torch.Tensor:
@@ -89,11 +92,23 @@ class VisualGenerationPipeline(MultimodalPipeline):
             raise ValueError(f"got {len(generator)} generators for {shape[0]} samples (prompts x num_per_prompt)")
         return randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
 
+    def prepare_drafts(self, shape_fn, outputs: int, num_candidates: int, generator,
+                       latents: torch.Tensor | None) -> torch.Tensor:
+        """Initial noise of `num_candidates` drafts per output -> [outputs * K, C, T', h, w], output-major.
+
+        Round c draws every output's noise once more from the same generator(s), so draft c of an output is the
+        same whatever K is, and K = 1 is the plain draw. Given `latents` must hold [outputs * K, ...] already."""
+        if latents is not None or num_candidates == 1:
+            return self.prepare_latents(shape_fn(outputs * num_candidates), generator, latents)
+        rounds = [self.prepare_latents(shape_fn(outputs), generator, None) for _ in range(num_candidates)]
+        return torch.stack(rounds, 1).flatten(0, 1)                                    # [outputs * K, ...]
+
     def generate_latents(self, prompt: str | list[str], negative_prompt: str | list[str] | None, shape_fn,
                          num_per_prompt: int, num_inference_steps: int, guidance_scale: float, generator,
                          latents: torch.Tensor | None, callback_on_step_end: Callable | PipelineCallback | None,
-                         callback_on_step_end_tensor_inputs: list[str]) -> torch.Tensor:
-        """Steps 1-4 of the module docstring -> normalised latents [B*n, C, T', h, w]."""
+                         callback_on_step_end_tensor_inputs: list[str], num_candidates: int = 1) -> torch.Tensor:
+        """Steps 1-4 of the module docstring -> normalised latents [B*n*K, C, T', h, w] (K drafts per output,
+        output-major)."""
         if self.scheduler is None:
             raise ValueError("this pipeline has no scheduler; pass one (e.g. FlowMatchEulerDiscreteScheduler())")
         if num_inference_steps < 1:
@@ -115,9 +130,13 @@ class VisualGenerationPipeline(MultimodalPipeline):
         # 1-2. the backbone, once
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(prompts, negative, num_per_prompt,
                                                                    self.do_classifier_free_guidance)
+        if num_candidates > 1:                                                         # drafts share the pass
+            prompt_embeds = prompt_embeds.repeat_interleave(num_candidates, 0)
+            if negative_prompt_embeds is not None:
+                negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(num_candidates, 0)
         # 3. noise
-        shape = shape_fn(len(prompts) * num_per_prompt)
-        latents = self.prepare_latents(shape, generator, latents)
+        latents = self.prepare_drafts(shape_fn, len(prompts) * num_per_prompt, num_candidates, generator, latents)
+        shape = tuple(latents.shape)
         n_tokens = shape[2] * shape[3] * shape[4] // head.config.patch_size ** 2
         timesteps = set_scheduler_timesteps(self.scheduler, num_inference_steps, self.device, n_tokens)
         self._num_timesteps = len(timesteps)
@@ -157,6 +176,59 @@ class VisualGenerationPipeline(MultimodalPipeline):
         z = self.vae.denormalize_latents(latents.to(self.vae.latent_mean.device, self.vae.latent_mean.dtype))
         vae_dtype = next(self.vae.parameters()).dtype
         return self.vae.decode(z.to(vae_dtype))
+
+    # -------------------------------------------------------------------------------------------------- reranking
+    def preprocess_media(self, media, height: int | None, width: int | None, num_frames: int | None) -> torch.Tensor:
+        """Images or videos in any accepted form -> pixels [N, 3, T, H, W] in [-1, 1] (per pipeline kind)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def score_pixels(self, pixels: torch.Tensor, prompts: list[str], batch_size: int = 32) -> ScoreOutput:
+        """pixels [N, 3, T, H, W] in [-1, 1] and one prompt each -> the model's log-likelihood of each prompt given
+        its pixels (autoencoder encode, then one teacher-forced captioning forward per chunk of `batch_size`)."""
+        if self.vae is None:
+            raise ValueError("scoring needs the vae component (it encodes the pixels the captioning path reads)")
+        ids = [self.tokenizer.encode(p) for p in prompts]
+        sums, counts = [], []
+        for lo in range(0, pixels.shape[0], batch_size):
+            z = self.encode_pixels(pixels[lo:lo + batch_size])                         # [b, C, T', h, w]
+            total, n = self.model.caption_log_likelihood(z, self.kind, ids[lo:lo + batch_size])
+            sums.append(total.cpu())
+            counts.append(n.cpu())
+        total, n = torch.cat(sums), torch.cat(counts)
+        return ScoreOutput(log_likelihood=total, mean_log_likelihood=total / n, num_tokens=n)
+
+    def score(self, media, prompts: str | list[str], height: int | None = None, width: int | None = None,
+              num_frames: int | None = None, batch_size: int = 32) -> ScoreOutput:
+        """How well the model reads each prompt back from each image / video -> `ScoreOutput` with one entry per
+        pair: `log_likelihood` (sum over the prompt's tokens and `<eos>`), `mean_log_likelihood`, `num_tokens`.
+
+        media: what the captioning pipeline of this kind takes (paths, PIL images, uint8 arrays, tensors; one or a
+        list); prompts: one string for every item, or one per item. Higher is better; rank drafts of one prompt by
+        either, different prompts by the mean."""
+        if self.vae is None:
+            raise ValueError("scoring needs the vae component (it encodes the pixels the captioning path reads)")
+        pixels = self.preprocess_media(media, height, width, num_frames)               # [N, 3, T, H, W]
+        n = pixels.shape[0]
+        if isinstance(prompts, str):
+            prompts = [prompts] * n
+        prompts = as_prompt_list(prompts, "prompts")
+        if len(prompts) != n:
+            raise ValueError(f"got {n} {self.kind}s and {len(prompts)} prompts; pass one prompt per {self.kind} "
+                             f"(or one string for all)")
+        return self.score_pixels(pixels, prompts, batch_size)
+
+    def choose_drafts(self, pixels: torch.Tensor, prompts: list[str], outputs_per_prompt: int, num_candidates: int,
+                      return_all: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decoded drafts [M*K, 3, T, H, W] (output-major) -> (rows to return [M] or [M*K] best first, scores [M, K]
+        best first, draw index [M, K] of each score)."""
+        k = num_candidates
+        per_draft = [p for p in prompts for _ in range(outputs_per_prompt * k)]
+        scores = self.score_pixels(quantize_pixels(pixels), per_draft).log_likelihood.view(-1, k)    # [M, K]
+        order = rank_drafts(scores)                                                    # [M, K]
+        rows = order + torch.arange(order.shape[0]).unsqueeze(1) * k                   # [M, K] rows of `pixels`
+        keep = rows.flatten() if return_all else rows[:, 0]
+        return keep, scores.gather(1, order), order
 
     @staticmethod
     def validate_output_type(output_type: str) -> None:
