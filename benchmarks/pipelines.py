@@ -1,6 +1,7 @@
 """Seconds per image, per video, per caption and per text continuation, and the speed-up of head-only denoising, as JSON.
 
     python benchmarks/pipelines.py [--model PATH | --preset tiny] [--steps 28] [--repeats 3] [--threads N]
+    python benchmarks/pipelines.py --model shapes --candidates 1,2,4,8 --threads 2     # best of K drafts
 
 On each device (CPU, and CUDA when present) it times, side by side in one run and on the same model:
 
@@ -9,7 +10,9 @@ On each device (CPU, and CUDA when present) it times, side by side in one run an
 - the denoising loop two ways, with the same scheduler, noise and guidance:
   `head_only`: the backbone runs once over prompt + queries, then only the flow head per step (what the pipelines do);
   `backbone_every_step`: the backbone recomputes the query states at every step, then the head (how a model whose
-  transformer itself denoises, e.g. Transfusion, pays per step). Both give the same latents (`max_abs_diff`).
+  transformer itself denoises, e.g. Transfusion, pays per step). Both give the same latents (`max_abs_diff`);
+- with `--candidates`, one image and one video returned as the best of K drafts (`num_candidates=K`: K drafts
+  denoised as one batch, decoded, re-encoded and scored by the model), for each K round-robin, with the ratio to K=1.
 
 Without `--model`, a randomly initialised pipeline of `--preset` is timed: speed does not depend on the weights.
 """
@@ -20,6 +23,7 @@ import argparse
 import json
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,6 +48,17 @@ def timed(fn, repeats: int, device: torch.device) -> float:
     on a shared machine, as `timeit` advises)."""
     fn()
     return min(_clock(fn, device) for _ in range(repeats))
+
+
+def timed_round_robin(fns: dict, repeats: int, device: torch.device) -> dict:
+    """Like `timed` for several functions, run in turn so all see the same background load -> {name: seconds}."""
+    for fn in fns.values():
+        fn()
+    times: dict = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(_clock(fn, device))
+    return {name: min(t) for name, t in times.items()}
 
 
 def timed_pair(fn_a, fn_b, repeats: int, device: torch.device) -> tuple[float, float]:
@@ -85,6 +100,8 @@ def bench_device(pipe: TextToImagePipeline, device: torch.device, args) -> dict:
     clip = np.random.default_rng(0).integers(0, 256, (cfg.num_frames, cfg.height, cfg.width, 3), dtype=np.uint8)
     gen = torch.Generator().manual_seed(0)
     no_eos = dict(max_new_tokens=args.tokens, min_new_tokens=args.tokens)           # exactly --tokens tokens
+    if args.only_candidates:
+        return {"candidates": time_candidates(pipe, video, args, device)}
     r = {
         "seconds_per_image": timed(lambda: pipe("a red circle above a blue square", num_inference_steps=args.steps,
                                                 generator=gen, output_type="np"), args.repeats, device),
@@ -102,7 +119,25 @@ def bench_device(pipe: TextToImagePipeline, device: torch.device, args) -> dict:
         diff = (denoise(pipe, kind, args.steps, 3.0, False, shape) - denoise(pipe, kind, args.steps, 3.0, True, shape))
         r[f"{kind}_denoise"] = {"head_only_seconds": fast, "backbone_every_step_seconds": slow,
                                 "speedup": slow / fast, "max_abs_diff": float(diff.abs().max())}
+    if args.candidates:
+        r["candidates"] = time_candidates(pipe, video, args, device)
     return r
+
+
+def time_candidates(pipe: TextToImagePipeline, video: TextToVideoPipeline, args, device: torch.device) -> dict:
+    """Seconds for one image / one video returned as the best of K drafts, every K round-robin."""
+    ks = [int(k) for k in args.candidates.split(",")]
+    fns = {}
+    for k in ks:
+        fns[f"image/{k}"] = lambda k=k: pipe("a red circle above a blue square", num_inference_steps=args.steps,
+                                             generator=torch.Generator().manual_seed(0), num_candidates=k,
+                                             output_type="np")
+        fns[f"video/{k}"] = lambda k=k: video("a small blue square moves left", num_inference_steps=args.steps,
+                                              generator=torch.Generator().manual_seed(0), num_candidates=k,
+                                              output_type="np")
+    seconds = timed_round_robin(fns, args.repeats, device)
+    return {kind: {str(k): {"seconds": seconds[f"{kind}/{k}"], "ratio_to_k1": seconds[f"{kind}/{k}"]
+                            / seconds[f"{kind}/{ks[0]}"]} for k in ks} for kind in ("image", "video")}
 
 
 def main() -> None:
@@ -113,6 +148,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=16, help="new tokens per caption / text")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--candidates", default="", help="comma-separated K (first one the baseline, e.g. 1,2,4,8): "
+                        "time the best of K drafts per image and video")
+    parser.add_argument("--only-candidates", action="store_true", help="time only the --candidates rows")
+    parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -134,7 +173,11 @@ def main() -> None:
     }
     for device in devices:
         report["devices"][device.type] = bench_device(pipe, device, args)
-    print(json.dumps(report, indent=2))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     multimodal generate-image "a red circle above a blue square" -o out.png --seed 0 --steps 28 --guidance 3
     multimodal generate-video "a small blue square moves left" -o out.mp4 --num 2     # out-0.mp4, out-1.mp4
+    multimodal generate-image "a large red circle" -o red.png --candidates 8           # the best of 8 drafts
     multimodal generate-text "a red" --max-new-tokens 16
 
 `--model` takes a saved pipeline folder or a built-in model name (default: the built-in model `shapes`, shipped inside the package).
@@ -60,6 +61,9 @@ def add_parser(sub) -> None:
         p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (<= 1: off)")
         p.add_argument("--height", type=int, default=None)
         p.add_argument("--width", type=int, default=None)
+        p.add_argument("--candidates", type=int, default=None, metavar="K",
+                       help="draw K drafts per output and keep the one the model reads the prompt back from best "
+                            "(1: no ranking; default: multimodal.pipelines.rerank.DEFAULT_CANDIDATES)")
         if name == "generate-video":
             p.add_argument("--frames", type=int, default=None, help="frames, 1 + 4k (default: the model's)")
             p.add_argument("--fps", type=float, default=None, help="frames per second of the file")
@@ -84,6 +88,12 @@ def _check(args) -> None:
         raise UserError(f"--num must be >= 1, got {args.num}")
     if getattr(args, "steps", 1) < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
+    if hasattr(args, "candidates"):
+        from multimodal.pipelines.rerank import DEFAULT_CANDIDATES, MAX_CANDIDATES
+
+        args.candidates = DEFAULT_CANDIDATES if args.candidates is None else args.candidates
+        if not 1 <= args.candidates <= MAX_CANDIDATES:
+            raise UserError(f"--candidates must be in [1, {MAX_CANDIDATES}], got {args.candidates}")
 
 
 def run_image(args) -> int:
@@ -94,7 +104,7 @@ def run_image(args) -> int:
     out = Path(args.output)
     pipe = load_pipeline(TextToImagePipeline, args)
     images = pipe(args.prompt, num_images_per_prompt=args.num, num_inference_steps=args.steps,
-                  guidance_scale=args.guidance, height=args.height, width=args.width,
+                  guidance_scale=args.guidance, height=args.height, width=args.width, num_candidates=args.candidates,
                   generator=generators(args, args.num), output_type="pil").images
     for i, image in enumerate(images):
         print(write_image(numbered(out, i, args.num), image))
@@ -108,7 +118,7 @@ def run_video(args) -> int:
     out = Path(args.output)
     pipe = load_pipeline(TextToVideoPipeline, args)
     frames = pipe(args.prompt, num_videos_per_prompt=args.num, num_frames=args.frames, num_inference_steps=args.steps,
-                  guidance_scale=args.guidance, height=args.height, width=args.width,
+                  guidance_scale=args.guidance, height=args.height, width=args.width, num_candidates=args.candidates,
                   generator=generators(args, args.num), output_type="np").frames
     for i, video in enumerate(frames):
         print(export_to_video(video, numbered(out, i, args.num), fps=args.fps or pipe.model.config.fps))

@@ -15,7 +15,15 @@ WORLD.md), the `i`-th sample is `sample_image(split_seed(split, i))` / `sample_v
 | `video_to_text` | the rendered 17-frame clip     | the same for clips                                                      |
 
 Generation uses the pipeline's flow scheduler with `steps` denoising steps, guidance `guidance`, and for sample `i`
-a `torch.Generator` seeded with `seed + i`, so every figure is reproducible. Each task's rows are per tag
+a `torch.Generator` seeded with `seed + i`, so every figure is reproducible.
+
+With `candidates` (e.g. `(1, 2, 4, 8)`), each prompt gets K = max(candidates) drafts in one run (pipelines/rerank.py:
+draft c starts from the c-th noise of the prompt's generator, whatever K is). Every draft is judged by the world's
+scorer and scored by the model, and for each listed K two rows are reported (`report["candidates"]`): `model`, the
+draft among the first K that the model reads the prompt back from best (what `num_candidates=K` returns), and
+`oracle`, the draft among them that the world's scorer likes best (passes; else right count; else fewest failed
+clauses) — the ceiling any verifier could reach. The main rows are the model's choice at the smallest listed K;
+every draft's verdicts and scores are kept in `report["drafts"]`. Each task's rows are per tag
 (`world.TAGS`: single, relation, count, colour, motion, held-out) plus `overall`. The autoencoder's reconstruction
 PSNR on the test split is reported next to them (`autoencoder`).
 """
@@ -54,9 +62,15 @@ class QualitySettings:
     caption_tokens: int = 32          # the longest world caption is ~20 tokens
     autoencoder_images: int = 64      # 0 skips the PSNR rows
     autoencoder_videos: int = 16
+    candidates: tuple[int, ...] = (1,)  # drafts per prompt compared (K); > 1 ranks them (pipelines/rerank.py)
 
     def __post_init__(self) -> None:
+        from ..pipelines.rerank import check_num_candidates
+
         self.splits, self.tasks = tuple(self.splits), tuple(self.tasks)
+        self.candidates = tuple(sorted({check_num_candidates(k) for k in self.candidates}))
+        if not self.candidates:
+            raise ValueError("candidates must name at least one K")
         unknown = sorted(set(self.tasks) - set(TASKS))
         if unknown:
             raise ValueError(f"unknown quality tasks {unknown}; choose from {list(TASKS)}")
@@ -101,22 +115,57 @@ def _batches(n: int, size: int):
         yield range(lo, min(n, lo + size))
 
 
+def _preference(score) -> tuple:
+    """How much the world's scorer likes a draft: passes, then right count, then fewer failed clauses."""
+    return (score.passed, not UNCOUNTED & set(score.failed), -len(score.failed))
+
+
+def _rows(scores: list) -> dict:
+    return tag_rows([s.tags for s in scores], {"accuracy": [float(s.passed) for s in scores],
+                                               "count_ok": [float(not UNCOUNTED & set(s.failed)) for s in scores]})
+
+
 @torch.no_grad()
 def generation_rows(pipe: Any, kind: str, captions: list[str], settings: QualitySettings) -> tuple[dict, list[dict]]:
-    """Generate one image / video per caption and score it -> (per-tag accuracy rows, failures)."""
-    scores = []
+    """Generate one image / video per caption (the best of K drafts with `settings.candidates`) and score it ->
+    (per-tag accuracy rows, failures). With more than one K, the rows per K are in `generation_drafts`."""
+    rows, failures, _ = generation_drafts(pipe, kind, captions, settings)
+    return rows, failures
+
+
+@torch.no_grad()
+def generation_drafts(pipe: Any, kind: str, captions: list[str],
+                      settings: QualitySettings) -> tuple[dict, list[dict], dict]:
+    """-> (rows of the model's choice at the smallest K, its failures, {"per_k": {K: {"model", "oracle"}},
+    "drafts": every draft's verdict and score in draw order}); see the module docstring."""
+    k_max = max(settings.candidates)
+    drafts: list[list] = []                          # per prompt: the world's score of each draft, draw order
+    model_scores: list[list[float]] = []             # per prompt: the model's log-likelihood of each draft
     for idx in _batches(len(captions), settings.batch_size):
         gens = [torch.Generator(device=pipe.device).manual_seed(settings.seed + i) for i in idx]
+        extra = dict(num_candidates=k_max, return_all_candidates=True) if k_max > 1 else {}
         out = pipe([captions[i] for i in idx], num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-                   generator=gens, output_type="np")
-        media = np.asarray(out.images if kind == "image" else out.frames)          # [B, (T,) H, W, 3] in [0, 1]
+                   generator=gens, output_type="np", **extra)
+        media = np.asarray(out.images if kind == "image" else out.frames)          # [B*K, (T,) H, W, 3] in [0, 1]
         media = np.clip(np.rint(media * 255.0), 0, 255).astype(np.uint8)
-        for i, frames in zip(idx, media):
-            scores.append(score_frames(captions[i], frames[None] if kind == "image" else frames))
-    rows = tag_rows([s.tags for s in scores], {"accuracy": [float(s.passed) for s in scores],
-                                               "count_ok": [float(not UNCOUNTED & set(s.failed)) for s in scores]})
-    failures = [{"index": i, **s.to_dict()} for i, s in enumerate(scores) if not s.passed]
-    return rows, failures
+        media = media.reshape(len(idx), k_max, *media.shape[1:])
+        for j, i in enumerate(idx):
+            draw = out.candidate_index[j].tolist() if k_max > 1 else [0]            # draw of each returned draft
+            order = np.argsort(draw)
+            frames = media[j][order]                                                  # draw order
+            drafts.append([score_frames(captions[i], f[None] if kind == "image" else f) for f in frames])
+            model_scores.append(out.scores[j][order].tolist() if k_max > 1 else [0.0])
+    per_k: dict[str, dict] = {}
+    for k in settings.candidates:
+        chosen = [d[int(np.argmax(m[:k]))] for d, m in zip(drafts, model_scores)]   # ties: the earlier draw
+        oracle = [max(d[:k], key=_preference) for d in drafts]                        # max keeps the earliest
+        per_k[str(k)] = {"model": _rows(chosen), "oracle": _rows(oracle)}
+    chosen = [d[int(np.argmax(m[:settings.candidates[0]]))] for d, m in zip(drafts, model_scores)]
+    failures = [{"index": i, **s.to_dict()} for i, s in enumerate(chosen) if not s.passed]
+    extra = {"per_k": per_k, "drafts": {"passed": [[s.passed for s in d] for d in drafts],
+                                        "count_ok": [[not UNCOUNTED & set(s.failed) for s in d] for d in drafts],
+                                        "log_likelihood": model_scores}}
+    return _rows(chosen), failures, extra
 
 
 @torch.no_grad()
@@ -154,7 +203,10 @@ def quality_report(source: Any = "shapes", settings: QualitySettings | None = No
             start = time.perf_counter()
             samples = _samples(kind, split, n)
             if mode == "generate":
-                rows, failures = generation_rows(pipe, kind, [s.caption for s in samples], settings)
+                rows, failures, extra = generation_drafts(pipe, kind, [s.caption for s in samples], settings)
+                if settings.candidates != (1,):
+                    report.setdefault("candidates", {}).setdefault(split, {})[task] = extra["per_k"]
+                    report.setdefault("drafts", {}).setdefault(split, {})[task] = extra["drafts"]
             else:
                 rows, failures = captioning(pipe, kind, samples, settings)
             report["splits"][split][task] = rows
@@ -196,6 +248,17 @@ def format_quality(report: dict) -> str:
             for tag, row in rows.items():
                 cells = [f"{row[c]:.2f}" if c == "cider_d" else f"{100 * row[c]:.1f}%" for c in columns]
                 lines.append(f"| {tag} | {row['samples']} | " + " | ".join(cells) + " |")
+            lines.append("")
+    for split, tasks in report.get("candidates", {}).items():
+        for task, per_k in tasks.items():
+            lines += [f"**{split} · {task} · best of K drafts** (accuracy: the model's choice / the oracle's)", "",
+                      "| K | " + " | ".join(next(iter(per_k.values()))["model"]) + " | count_ok, overall |",
+                      "|---|" + "---|" * (len(next(iter(per_k.values()))["model"]) + 1)]
+            for k, pair in per_k.items():
+                cells = [f"{100 * pair['model'][t]['accuracy']:.1f}% / {100 * pair['oracle'][t]['accuracy']:.1f}%"
+                         for t in pair["model"]]
+                lines.append(f"| {k} | " + " | ".join(cells) + f" | {100 * pair['model']['overall']['count_ok']:.1f}%"
+                             f" / {100 * pair['oracle']['overall']['count_ok']:.1f}% |")
             lines.append("")
     if "autoencoder" in report:
         ae = report["autoencoder"]

@@ -47,3 +47,35 @@ def test_quality_settings_reject_bad_values():
         QualitySettings(tasks=("painting",))
     with pytest.raises(ValueError, match="steps"):
         QualitySettings(steps=0)
+
+
+def test_best_of_k_rows_and_the_oracle():
+    """With candidates, every draft is judged and scored once; the rows per K pick by the model's score (what
+    `num_candidates=K` returns) and by the world's scorer (the oracle, never worse), from the same drafts."""
+    import numpy as np
+
+    from multimodal.pipelines import TextToImagePipeline
+
+    pipe = TextToImagePipeline.from_scratch("debug", seed=0)
+    common = dict(images=4, videos=0, steps=2, batch_size=3, autoencoder_images=0, autoencoder_videos=0,
+                  splits=("validation",), tasks=("text_to_image",))
+    plain = quality_report(pipe, QualitySettings(**common))
+    report = quality_report(pipe, QualitySettings(candidates=(3, 1, 2), **common))
+    per_k = report["candidates"]["validation"]["text_to_image"]
+    drafts = report["drafts"]["validation"]["text_to_image"]
+    assert list(per_k) == ["1", "2", "3"]
+    assert [len(d) for d in drafts["log_likelihood"]] == [3] * 4
+    assert per_k["1"]["model"] == report["splits"]["validation"]["text_to_image"]
+    assert per_k["1"]["model"]["overall"]["count_ok"] == pytest.approx(
+        plain["splits"]["validation"]["text_to_image"]["overall"]["count_ok"])
+    for k in (1, 2, 3):
+        picks = [int(np.argmax(ll[:k])) for ll in drafts["log_likelihood"]]
+        count_ok = np.mean([ok[p] for ok, p in zip(drafts["count_ok"], picks)])
+        assert per_k[str(k)]["model"]["overall"]["count_ok"] == pytest.approx(count_ok)
+        assert per_k[str(k)]["oracle"]["overall"]["count_ok"] == pytest.approx(
+            np.mean([any(ok[:k]) for ok in drafts["count_ok"]]))
+        for metric in ("accuracy", "count_ok"):
+            assert per_k[str(k)]["oracle"]["overall"][metric] >= per_k[str(k)]["model"]["overall"][metric]
+    assert "best of K drafts" in format_quality(report)
+    with pytest.raises(ValueError, match="num_candidates must be >= 1"):
+        QualitySettings(candidates=(0,))

@@ -36,12 +36,29 @@ def test_generate_image_video_text_and_caption(saved, tmp_path, capsys):
     assert len(lines) == 4 and lines[1].startswith(str(tmp_path / "out-0.png") + "\t")
 
 
+def test_candidates(pipe, saved, tmp_path):
+    """--candidates 1 is the plain pipeline; K > 1 writes the draft `num_candidates=K` returns."""
+    import torch
+
+    assert main(["generate-image", "a red circle", "-o", str(tmp_path / "one.png"), "--model", saved, "--steps", "2",
+                 "--seed", "5", "--candidates", "1", "--no-progress"]) == 0
+    plain = pipe("a red circle", num_inference_steps=2, generator=[torch.Generator().manual_seed(5)]).images[0]
+    np.testing.assert_array_equal(read_image(tmp_path / "one.png"), np.asarray(plain))
+    assert main(["generate-image", "a red circle", "-o", str(tmp_path / "best.png"), "--model", saved, "--steps", "2",
+                 "--seed", "5", "--candidates", "3", "--no-progress"]) == 0
+    best = pipe("a red circle", num_inference_steps=2, generator=[torch.Generator().manual_seed(5)],
+                num_candidates=3).images[0]
+    np.testing.assert_array_equal(read_image(tmp_path / "best.png"), np.asarray(best))
+
+
 @pytest.mark.parametrize("argv, message", [
     (["generate-image", "x", "-o", "a.png", "--model", "unshipped"], "built-in model 'unshipped' is not available"),
     (["generate-image", "x", "-o", "a.png", "--model", "nope"], "unknown model 'nope'"),
     (["caption-video", "/no/such/clip.mp4", "--model", "nope"], "no such file"),
     (["generate-video", "x", "-o", "a.mp4", "--model", "{saved}", "--frames", "8"], "1 + 4k"),
     (["generate-image", "x", "-o", "a.png", "--model", "{saved}", "--num", "0"], "--num must be >= 1"),
+    (["generate-image", "x", "-o", "a.png", "--model", "{saved}", "--candidates", "0"], "--candidates must be in [1, 32]"),
+    (["generate-video", "x", "-o", "a.mp4", "--model", "{saved}", "--candidates", "33"], "got 33"),
 ])
 def test_errors_are_one_line_and_non_zero(argv, message, saved, capsys, monkeypatch):
     monkeypatch.setitem(BUILTIN_MODELS, "unshipped", "no-such-folder")     # a built-in name whose weights are absent
