@@ -28,7 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers.utils import BaseOutput
 
 MAX_CANDIDATES = 32          # drafts per output: the denoising batch grows K-fold
 DEFAULT_CANDIDATES = 4       # the CLI's K, chosen on the validation split (README, "Best of K drafts")
@@ -46,7 +45,7 @@ def check_num_candidates(value: object) -> int:
 
 
 @dataclass
-class ScoreOutput(BaseOutput):
+class ScoreResult:
     """The model's reading of each (media, prompt) pair.
 
     log_likelihood [N] float32: sum of log p(token) over the prompt's tokens and `<eos>`, given the media;
