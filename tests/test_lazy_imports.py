@@ -1,5 +1,5 @@
-"""Cheap imports (DESIGN.md): `import multimodal` loads no heavy dependency and every public name still resolves.
-Each check runs in a fresh interpreter."""
+"""Cheap imports (DESIGN.md): `import multimodal` loads no heavy dependency, every public name still resolves, and
+the CLI answers --help without torch and generates without diffusers. Each check runs in a fresh interpreter."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def loaded(after: str) -> str:
 
 def test_import_multimodal_loads_no_heavy_module():
     assert fresh(loaded("import multimodal")) == []
-    assert fresh(loaded("import multimodal.pipelines")) == []
+    assert fresh(loaded("import multimodal.pipelines, multimodal.cli")) == []
 
 
 def test_every_public_name_resolves_and_is_listed():
@@ -58,3 +58,31 @@ def test_names_are_the_objects_of_their_modules_and_unknown_names_raise():
 
 def test_the_model_and_training_load_torch_but_nothing_else_heavy():
     assert fresh(loaded("import multimodal.model, multimodal.training, multimodal.kernels")) == ["torch"]
+
+
+def test_cli_help_and_argument_errors_do_not_import_torch():
+    code = """
+import contextlib, io, sys
+from multimodal.cli import main
+for argv in (["--help"], ["generate-image", "--help"], ["caption-video", "--help"], ["generate-image"],
+             ["generate-image", "-o", "a.png"], ["generate-image", "a", "-o", "a.png", "--candidates", "0"],
+             ["generate-image", "a", "b", "-o", "{slug}.png", "--num", "2"], ["caption-video", "/no/such.mp4"]):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            main(argv)
+        except SystemExit:
+            pass
+"""
+    assert fresh(loaded(code)) == []
+
+
+def test_cli_generates_and_captions_without_diffusers(tmp_path):
+    """The commands run the pipelines' logic on the diffusers-free core: torch and nothing else heavy but PyAV for
+    the video file."""
+    code = f"""
+from multimodal.cli import main
+assert main(["generate-image", "a large red circle", "-o", {str(tmp_path / "a.png")!r}, "--steps", "1",
+             "--candidates", "1", "--no-progress"]) == 0
+assert main(["caption-image", {str(tmp_path / "a.png")!r}, "--max-new-tokens", "2"]) == 0
+"""
+    assert fresh(loaded(code)) == ["torch"]
