@@ -42,7 +42,7 @@ from multimodal.tokenizers.causal_layers import (
 )
 from multimodal.tokenizers.config import AutoencoderConfig
 
-DEFAULT_WEIGHTS = "autoencoder_shapes64.safetensors"
+DEFAULT_WEIGHTS = "pipelines/shapes-demo/vae/autoencoder.safetensors"   # under multimodal/assets: the built-in model's vae
 
 
 def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
