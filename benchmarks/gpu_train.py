@@ -103,7 +103,7 @@ def main(argv=None) -> dict:
     pipeline_dir = run / "pipeline"
     if not (pipeline_dir / "model_index.json").is_file():
         trainer.export()
-    from multimodal.pipelines.text_to_image import TextToImagePipeline
+    from multimodal.pipelines import TextToImagePipeline
     pipe = TextToImagePipeline.from_pretrained(pipeline_dir)
     cast_keeping_fp32(pipe.model, torch.bfloat16)          # as the package ships it: the model only
     shipped = run / "pipeline-bf16"

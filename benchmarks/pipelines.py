@@ -74,7 +74,7 @@ def timed_pair(fn_a, fn_b, repeats: int, device: torch.device) -> tuple[float, f
 @torch.no_grad()
 def denoise(pipe: TextToImagePipeline, kind: str, steps: int, guidance: float, every_step: bool,
             shape: tuple[int, ...]) -> torch.Tensor:
-    """The CFG flow loop of `VisualGenerationPipeline`, optionally recomputing the backbone states at every step."""
+    """The CFG flow loop of `VisualGeneration`, optionally recomputing the backbone states at every step."""
     model, head = pipe.model, pipe.model.head(kind)
     ids = [pipe.tokenizer.encode("a red circle above a blue square"), []]          # conditional, unconditional
     latents = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(pipe.device, pipe.dtype)

@@ -13,9 +13,10 @@ for the same number of steps on the same batches:
     csa       as base, with V4 Compressed Sparse Attention (window 16, compression 4, top-8 compressed entries);
               its compressor and indexer parameters are paid for by narrower experts (width 88)
 
-Training uses the package's own optimiser split (Muon for block matrices, AdamW elsewhere, Engram tables at 5x lr,
-no decay), the aux-loss-free bias update after every step, a linear warm-up and cosine decay. The script reports
-validation loss (nats per byte, on a fixed held-out set) and training throughput (tokens/s), and writes
+Training uses the package's own optimiser split (training/optimizer.py: Muon for hidden matrices, stacked experts
+per matrix, AdamW elsewhere, Engram tables at 5x lr, no decay), the aux-loss-free bias update after every step, a
+linear warm-up and cosine decay. The script reports validation loss (nats per byte, on a fixed held-out set) and
+training throughput (tokens/s), and writes
 `benchmarks/results/sparsity_experiment.json` and the figure `docs/sparsity_loss.svg`.
 
 Run from the repository root (about 9 minutes on one shared CPU core for two seeds):
@@ -41,7 +42,7 @@ from multimodal.backbone.transformer import Transformer
 from multimodal.config import (AttentionConfig, BackboneConfig, EngramConfig, HyperConfig, MoEConfig, RopeScaling,
                                is_prime)
 from multimodal.training.balance import update_router_biases_
-from multimodal.training.optim import build_optimizer
+from multimodal.training.optimizer import build_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -45,6 +45,7 @@ from .decoders.image import ImageHead
 from .decoders.text import GenerationConfig, TextGenerationResult, generate_text
 from .tokenizers.patchify import patchify
 from .decoders.video import VideoHead
+from .empty_init import empty_init
 from .io.atomic import atomic_path
 
 TEXT, IMAGE, VIDEO, QUERY = 0, 1, 2, 3
@@ -515,13 +516,13 @@ class UnifiedModel(nn.Module):
             if not (path / name).is_file():
                 raise FileNotFoundError(f"{path}: no {name} (not a saved UnifiedModel folder)")
         config = ModelConfig.from_dict(json.loads((path / "config.json").read_text()))
-        with torch.device("meta"):
+        with torch.device(device), empty_init():          # allocated on `device`, not initialised (empty_init.py)
             model = cls(config)
-        model = model.to_empty(device=device)
         missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False, device=str(device))
         if missing or unexpected:
             raise ValueError(f"{path}: weights do not fit the config: missing {sorted(missing)}, "
                              f"unexpected {sorted(unexpected)}")
+        # rotary tables computed on the CPU and moved, as for a model built on the CPU (the same bits everywhere)
         model.backbone.rotary = nn.ModuleDict(Transformer._rotaries(config.backbone)).to(device)
         if dtype is not None:
             model = model.to(dtype)

@@ -55,7 +55,7 @@ def test_dry_run_writes_every_result_and_the_parts_join(tmp_path):
     files = sorted(p.relative_to(shipped) for p in shipped.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
     assert all((shipped / f).read_bytes() == (folder / f).read_bytes() for f in files)
-    from multimodal.pipelines.text_to_image import TextToImagePipeline
+    from multimodal.pipelines import TextToImagePipeline
     TextToImagePipeline.from_pretrained(folder)                         # it loads
 
     part = out / manifest["parts"][0]["file"]                          # a damaged part is named, nothing unpacked

@@ -29,11 +29,13 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from multimodal.io.errors import check_media_path
-    from multimodal.pipelines import ImageCaptionPipeline, VideoCaptionPipeline
 
-    for f in args.files:                       # fail on a bad path before loading any model
+    for f in args.files:                       # fail on a bad path before loading torch or any model
         check_media_path(f)
-    cls = VideoCaptionPipeline if args.what == "video" else ImageCaptionPipeline
+    from multimodal.pipelines.image_caption import ImageCaption
+    from multimodal.pipelines.video_caption import VideoCaption
+
+    cls = VideoCaption if args.what == "video" else ImageCaption             # the pipelines' logic, without diffusers
     pipe = load_pipeline(cls, args)
     extra = {"num_frames": args.frames} if args.what == "video" else {}
     out = pipe(args.files, prompt=args.prompt, max_new_tokens=args.max_new_tokens, do_sample=args.sample,

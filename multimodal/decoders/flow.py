@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbone.norm import RMSNorm
 from ..config_keys import reject_unknown_keys
 from ..tokenizers.patchify import patchify, unpatchify
 
@@ -94,15 +95,18 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 
 class Attention(nn.Module):
-    """Multi-head attention; self-attention when `context` is None, else cross-attention to it (with QK RMS-norm)."""
+    """Multi-head attention; self-attention when `context` is None, else cross-attention to it (with QK RMS-norm).
+
+    The norms are the backbone's fp32 RMSNorm: under bf16 autocast a bf16 activation meets the fp32 gain in fp32
+    (torch's fused `nn.RMSNorm` refuses mixed dtypes with a warning and runs unfused anyway)."""
 
     def __init__(self, width: int, num_heads: int, context_dim: int | None = None) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.q = nn.Linear(width, width)
         self.kv = nn.Linear(context_dim or width, 2 * width)
-        self.q_norm = nn.RMSNorm(width // num_heads, eps=1e-6)
-        self.k_norm = nn.RMSNorm(width // num_heads, eps=1e-6)
+        self.q_norm = RMSNorm(width // num_heads, eps=1e-6)
+        self.k_norm = RMSNorm(width // num_heads, eps=1e-6)
         self.out = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
@@ -159,7 +163,7 @@ class FlowTransformer(nn.Module):
         self.patch_in = nn.Linear(cfg.latent_channels * p * p, w)
         self.pos_proj = nn.Linear(6 * cfg.position_frequencies, w, bias=False)
         self.time_mlp = nn.Sequential(nn.Linear(cfg.frequency_dim, w), nn.SiLU(), nn.Linear(w, w))
-        self.cond_norm = nn.RMSNorm(cfg.cond_dim, eps=1e-6)
+        self.cond_norm = RMSNorm(cfg.cond_dim, eps=1e-6)
         self.cond_proj = nn.Linear(cfg.cond_dim, w)
         self.pool_proj = nn.Linear(w, w)
         self.blocks = nn.ModuleList(FlowBlock(cfg) for _ in range(cfg.depth))

@@ -46,11 +46,13 @@ __all__ = [
     "KernelUnavailableError",
     "Backend",
     "cast",
+    "cdiv",
     "common_dtype",
     "dot_precision",
     "dtype_signature",
     "interpreter_active",
     "kernel_policy",
+    "next_power_of_2",
     "reference_vjp",
     "run_or_fall_back",
     "triton_available",
@@ -132,6 +134,16 @@ def use_triton(op: str, *tensors: torch.Tensor) -> bool:
     # CPU tensors are the routine case (every CPU run): DEBUG, not a line on the user's terminal
     _log_once(op, reason, logging.DEBUG if device.type == "cpu" else logging.WARNING)
     return False
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for launch grids, without importing Triton (``triton.cdiv``)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1), for tile sizes, without importing Triton."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
 def common_dtype(*tensors: torch.Tensor | None) -> torch.dtype:

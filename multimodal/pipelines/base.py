@@ -1,15 +1,14 @@
-"""What every pipeline shares: its four components, loading and saving, device moves, built-in model names.
+"""The public pipelines: each task's logic (text_to_image.py, ...) on a diffusers `DiffusionPipeline`.
 
-All five pipelines hold the same components (diffusers layout, reference/multimodal.md §4):
+`MultimodalPipeline` is the `DiffusionPipeline` over the four components (core.py): diffusers' registration,
+progress bar, offload hooks and `from_pipe`, plus our `from_pretrained` / `save_pretrained` / `from_scratch` and
+results as diffusers `BaseOutput`s. The five task pipelines combine it with their logic:
 
-    model      `multimodal.model.UnifiedModel`          model/config.json + model/model.safetensors
-    vae        `multimodal.tokenizers.autoencoder.CausalAutoencoder`   vae/config.json + vae/autoencoder.safetensors
-    tokenizer  `multimodal.tokenizers.text.TextTokenizer`  tokenizer/tokenizer.json
-    scheduler  a diffusers flow scheduler                 scheduler/scheduler_config.json
+    TextToImagePipeline = TextToImage + MultimodalPipeline        (same for video, captioning, text generation)
 
-plus `model_index.json` naming each component's library and class. Any pipeline class loads any saved folder, and
-`OtherPipeline.from_pipe(pipe)` builds another task's pipeline over the same objects (no copy). Every file is written
-atomically, and `model_index.json` last, so an interrupted save never looks like a complete pipeline.
+Any pipeline class loads any saved folder, and `OtherPipeline.from_pipe(pipe)` builds another task's pipeline over
+the same objects (no copy). Every file is written atomically, and `model_index.json` last, so an interrupted save
+never looks like a complete pipeline.
 """
 
 from __future__ import annotations
@@ -17,63 +16,50 @@ from __future__ import annotations
 import json
 import os
 import random
-from importlib import resources
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import diffusers
 import torch
-from torch import nn
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
 
-from ..decoders.text import GenerationConfig
 from ..io.atomic import atomic_path
-from ..model import Segment, TokenIds, UnifiedModel, model_preset
+from ..model import TokenIds, UnifiedModel, model_preset
 from ..tokenizers.autoencoder import CausalAutoencoder
 from ..tokenizers.config import AutoencoderConfig
 from ..tokenizers.text import TextTokenizer
-from .output import TextPipelineOutput
-
-BUILTIN_MODELS = {"shapes": "shapes-demo"}      # name -> folder under multimodal/assets/pipelines (training issue)
-DEFAULT_MODEL = "shapes"
-_KEEP_FP32 = ("inv_freq", "hc_attn.", "hc_ffn.", "hc_head.", "attn_sink", ".ape", "gate.bias", "latent_mean",
-              "latent_std")
-
-
-def cast_keeping_fp32(module: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """Cast `module`'s floating parameters and buffers to `dtype` in place, except the `_KEEP_FP32` ones (mHC
-    mixing, attention sinks, router biases, rotary tables, latent statistics), which stay as they are."""
-    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-        if t.is_floating_point() and not any(k in name for k in _KEEP_FP32):
-            t.data = t.data.to(dtype)
-    return module
+from .core import (BUILTIN_MODELS, DEFAULT_MODEL, ModelNotFoundError, PipelineCore, builtin_model_path,  # noqa: F401
+                   cast_keeping_fp32, check_components, load_components, resolve_model_path)
+from .image_caption import ImageCaption
+from .output import ImageResult, TextResult, VideoResult
+from .rerank import ScoreResult
+from .text_generation import TextGeneration
+from .text_to_image import TextToImage
+from .text_to_video import TextToVideo
+from .video_caption import VideoCaption
 
 
-class ModelNotFoundError(FileNotFoundError):
-    """An unknown built-in model name, or a folder that is not a saved pipeline."""
+# ------------------------------------------------------------------------------------------------------- results
+@dataclass
+class ImagePipelineOutput(BaseOutput, ImageResult):
+    """`ImageResult` (output.py) as a diffusers `BaseOutput`: `out.images`, `out["images"]`, `out[0]`."""
 
 
-def builtin_model_path(name: str) -> Path:
-    """Folder of a built-in model; ModelNotFoundError (one line) when it is unknown or not shipped yet."""
-    if name not in BUILTIN_MODELS:
-        raise ModelNotFoundError(f"unknown model {name!r}: not a saved pipeline folder nor a built-in model "
-                                 f"({', '.join(sorted(BUILTIN_MODELS))})")
-    path = Path(str(resources.files("multimodal.assets"))) / "pipelines" / BUILTIN_MODELS[name]
-    if not (path / "model_index.json").is_file():
-        raise ModelNotFoundError(f"the built-in model {name!r} is not available in this installation yet "
-                                 f"(it ships with the trained model); pass --model PATH to a saved pipeline folder")
-    return path
+@dataclass
+class VideoPipelineOutput(BaseOutput, VideoResult):
+    """`VideoResult` (output.py) as a diffusers `BaseOutput`: `out.frames`, `out["frames"]`, `out[0]`."""
 
 
-def resolve_model_path(name_or_path: str | os.PathLike) -> Path:
-    """A saved pipeline folder, or the folder of a built-in model name."""
-    path = Path(name_or_path)
-    if (path / "model_index.json").is_file():
-        return path
-    if path.exists():
-        raise ModelNotFoundError(f"{path} is not a saved pipeline folder (no model_index.json)")
-    return builtin_model_path(str(name_or_path))
+@dataclass
+class TextPipelineOutput(BaseOutput, TextResult):
+    """`TextResult` (output.py) as a diffusers `BaseOutput`: `out.text`, `out["text"]`, `out[0]`."""
+
+
+@dataclass
+class ScoreOutput(BaseOutput, ScoreResult):
+    """`ScoreResult` (rerank.py) as a diffusers `BaseOutput`: `out.log_likelihood`, ..."""
 
 
 def caption_corpus() -> list[str]:
@@ -89,89 +75,29 @@ def _library_class(obj: Any) -> list[str]:
     return [type(obj).__module__, type(obj).__name__]
 
 
-class MultimodalPipeline(DiffusionPipeline):
+class MultimodalPipeline(DiffusionPipeline, PipelineCore):
     """Base of the five task pipelines: components, from_pretrained / save_pretrained / to / from_scratch."""
 
     model_cpu_offload_seq = "model->vae"
     _optional_components = ["vae", "scheduler"]
+    image_output, video_output = ImagePipelineOutput, VideoPipelineOutput
+    text_output, score_output = TextPipelineOutput, ScoreOutput
 
     def __init__(self, model: UnifiedModel, tokenizer: TextTokenizer, vae: CausalAutoencoder | None = None,
-                 scheduler: SchedulerMixin | None = None) -> None:
-        super().__init__()
-        if vae is not None and vae.config.latent_channels != model.config.latent_channels:
-            raise ValueError(f"vae latent_channels ({vae.config.latent_channels}) != model latent_channels "
-                             f"({model.config.latent_channels})")
-        if tokenizer.vocab_size > model.config.backbone.vocab_size:
-            raise ValueError(f"tokenizer vocabulary ({tokenizer.vocab_size}) exceeds the model's "
-                             f"({model.config.backbone.vocab_size})")
-        if TokenIds.from_tokenizer(tokenizer) != model.config.token_ids:
-            raise ValueError("the tokenizer's special-token ids differ from the model's token_ids")
+                 scheduler: Any = None) -> None:
+        DiffusionPipeline.__init__(self)
+        check_components(model, tokenizer, vae)
         self.register_modules(model=model, vae=vae, tokenizer=tokenizer, scheduler=scheduler)
 
-    # --------------------------------------------------------------------------------------------------- devices
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
+    # ours, not DiffusionPipeline's (which come first in the MRO): devices, loading
+    device, dtype, to = PipelineCore.device, PipelineCore.dtype, PipelineCore.to
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.dtype
-
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "MultimodalPipeline":
-        """Move the model and vae in place (and return self). Norms, mHC mixing, attention sinks, router biases,
-        rotary tables and latent statistics stay fp32 under a low-precision dtype, as DeepSeek keeps them."""
-        if isinstance(device, torch.dtype):
-            device, dtype = None, device
-        for module in (self.model, self.vae):
-            if module is None:
-                continue
-            if device is not None:
-                module.to(device)
-            if dtype is not None:
-                cast_keeping_fp32(module, dtype)
-        return self
-
-    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Preprocessed pixels [B, 3, T, H, W] -> normalised latents, on the autoencoder's device and dtype."""
-        vae_param = next(self.vae.parameters())
-        return self.vae.normalize_latents(self.vae.encode(pixels.to(vae_param.device, vae_param.dtype)))
-
-    # ------------------------------------------------------------------------------------------------ text output
-    def generate_text(self, samples: list[list[Segment]], max_new_tokens: int, do_sample: bool, temperature: float,
-                      top_k: int, top_p: float, repetition_penalty: float, stop_strings: str | list[str] | None,
-                      stop_token_ids: list[int] | None, generator, min_new_tokens: int = 0) -> TextPipelineOutput:
-        """Decode text after each sample with the text head (one prefill, then the caches) -> `TextPipelineOutput`."""
-        cfg = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=do_sample,
-                               temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
-                               stop_strings=tuple([stop_strings] if isinstance(stop_strings, str) else stop_strings or ()),
-                               stop_token_ids=tuple(stop_token_ids or ()), eos_token_id=self.tokenizer.eos_id,
-                               vocab_limit=self.tokenizer.vocab_size)
-        if isinstance(generator, list) and len(generator) != len(samples):
-            raise ValueError(f"got {len(generator)} generators for {len(samples)} inputs")
-        result = self.model.generate_text(samples, cfg, generator, self.tokenizer.decode)
-        return TextPipelineOutput(text=[t.strip() for t in result.text], tokens=result.tokens,
-                                  finish_reason=result.finish_reason)
-
-    # ----------------------------------------------------------------------------------------------- persistence
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = DEFAULT_MODEL, device: str | torch.device = "cpu",
                         torch_dtype: torch.dtype | None = None, **_: Any) -> "MultimodalPipeline":
-        """Load a folder written by `save_pretrained` (or a built-in model name). Only safetensors and JSON are read."""
-        path = resolve_model_path(name_or_path)
-        index = json.loads((path / "model_index.json").read_text())
-        model = UnifiedModel.from_pretrained(path / "model", device=device)
-        tokenizer = TextTokenizer.from_file(path / "tokenizer" / "tokenizer.json")
-        vae = None
-        if index.get("vae", [None])[0] is not None:
-            vae = CausalAutoencoder.from_pretrained(path / "vae" / "autoencoder.safetensors", device=device)
-        scheduler = None
-        library, name = index.get("scheduler", [None, None])
-        if library is not None:
-            cls_ = getattr(diffusers, name, None)
-            if library != "diffusers" or not (isinstance(cls_, type) and issubclass(cls_, SchedulerMixin)):
-                raise ModelNotFoundError(f"{path}: scheduler {library}.{name} is not a diffusers scheduler")
-            scheduler = cls_.from_pretrained(path / "scheduler")
-        pipe = cls(model=model, tokenizer=tokenizer, vae=vae, scheduler=scheduler)
+        """Load a folder written by `save_pretrained` (or a built-in model name). Only safetensors and JSON are read;
+        `pipe.scheduler` is the diffusers scheduler the folder names (swappable through `from_config`)."""
+        pipe = cls(**load_components(name_or_path, device, light_scheduler=False))
         return pipe.to(dtype=torch_dtype) if torch_dtype is not None else pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, **_: Any) -> Path:
@@ -218,3 +144,24 @@ class MultimodalPipeline(DiffusionPipeline):
             vae = CausalAutoencoder.from_pretrained()
         model = UnifiedModel(config).eval()
         return cls(model=model, tokenizer=tokenizer, vae=vae.eval(), scheduler=FlowMatchEulerDiscreteScheduler())
+
+
+# ------------------------------------------------------------------------------------------------ task pipelines
+class TextToImagePipeline(TextToImage, MultimodalPipeline):
+    """Generate images from text with the unified model's image head (diffusers conventions; text_to_image.py)."""
+
+
+class TextToVideoPipeline(TextToVideo, MultimodalPipeline):
+    """Generate clips of 1 + 4k frames from text with the unified model's video head (text_to_video.py)."""
+
+
+class VideoCaptionPipeline(VideoCaption, MultimodalPipeline):
+    """Describe clips with the unified model (video_caption.py)."""
+
+
+class ImageCaptionPipeline(ImageCaption, MultimodalPipeline):
+    """Describe images with the unified model (image_caption.py)."""
+
+
+class TextGenerationPipeline(TextGeneration, MultimodalPipeline):
+    """Continue prompts with the unified model's LM head (text_generation.py)."""

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from ..tokenizers.image import ImageTokenizer
-from .base import MultimodalPipeline
-from .output import TextPipelineOutput
+from .core import PipelineCore
+from .output import TextResult
 
 
 def as_list(items: Any) -> list:
@@ -28,8 +28,9 @@ def as_list(items: Any) -> list:
     return items
 
 
-class ImageCaptionPipeline(MultimodalPipeline):
-    """Describe images with the unified model: the visual tokens are prefilled once, the caption decoded with the caches."""
+class ImageCaption(PipelineCore):
+    """Describe images with the unified model: the visual tokens are prefilled once, the caption decoded with the
+    caches. The logic of `ImageCaptionPipeline`, which the `multimodal` command also runs without diffusers."""
 
     @torch.no_grad()
     def encode_images(self, images: Any, height: int | None = None, width: int | None = None) -> torch.Tensor:
@@ -59,7 +60,7 @@ class ImageCaptionPipeline(MultimodalPipeline):
         height: int | None = None,
         width: int | None = None,
         return_dict: bool = True,
-    ) -> TextPipelineOutput | tuple:
+    ) -> TextResult | tuple:
         """Returns `TextPipelineOutput(text, tokens, finish_reason)` (or `(text,)`), one caption per image.
 
         `prompt` (optional) is text placed after the image, e.g. a question."""

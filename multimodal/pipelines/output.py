@@ -1,4 +1,7 @@
-"""Pipeline results: output dataclasses, pixel post-processing per `output_type`, and writing videos with PyAV.
+"""Pipeline results: result dataclasses, pixel post-processing per `output_type`, and writing videos with PyAV.
+
+The results here are plain dataclasses, so the pipelines' logic runs without diffusers (the `multimodal` command);
+the public pipelines return them as diffusers `BaseOutput`s (`ImagePipelineOutput`, ... in base.py).
 
 The formats follow diffusers' `VaeImageProcessor` / `VideoProcessor` (reference/multimodal.md §4):
 
@@ -19,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers.utils import BaseOutput
 from PIL import Image
 
 from ..io import write_video
@@ -28,7 +30,7 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
 @dataclass
-class ImagePipelineOutput(BaseOutput):
+class ImageResult:
     """images: see the module table. With `num_candidates` K > 1 (rerank.py): scores [M, K] float32, each draft's
     log-likelihood of its prompt, best first; candidate_index [M, K] long, the draw each score belongs to; with
     `return_all_candidates=True`, images holds all M * K drafts in that order (output-major)."""
@@ -39,8 +41,8 @@ class ImagePipelineOutput(BaseOutput):
 
 
 @dataclass
-class VideoPipelineOutput(BaseOutput):
-    """frames: see the module table; scores and candidate_index as in `ImagePipelineOutput`."""
+class VideoResult:
+    """frames: see the module table; scores and candidate_index as in `ImageResult`."""
 
     frames: Any
     scores: torch.Tensor | None = None
@@ -48,7 +50,7 @@ class VideoPipelineOutput(BaseOutput):
 
 
 @dataclass
-class TextPipelineOutput(BaseOutput):
+class TextResult:
     """text: one string per input; tokens: the generated ids; finish_reason: "eos", "stop_token", "stop_string" or
     "length" per input."""
 

@@ -26,9 +26,10 @@ them alike; compare different prompts with the mean.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from diffusers.utils import BaseOutput
+if TYPE_CHECKING:   # nothing here needs the torch module itself: the CLI checks --candidates without loading torch
+    import torch
 
 MAX_CANDIDATES = 32          # drafts per output: the denoising batch grows K-fold
 DEFAULT_CANDIDATES = 4       # the CLI's K, chosen on the validation split (README, "Best of K drafts")
@@ -46,7 +47,7 @@ def check_num_candidates(value: object) -> int:
 
 
 @dataclass
-class ScoreOutput(BaseOutput):
+class ScoreResult:
     """The model's reading of each (media, prompt) pair.
 
     log_likelihood [N] float32: sum of log p(token) over the prompt's tokens and `<eos>`, given the media;
@@ -65,4 +66,4 @@ def quantize_pixels(pixels: torch.Tensor) -> torch.Tensor:
 
 def rank_drafts(scores: torch.Tensor) -> torch.Tensor:
     """scores [M, K] in draw order -> draw indices [M, K], best first (ties keep the earlier draw)."""
-    return torch.sort(scores, dim=1, descending=True, stable=True).indices
+    return scores.sort(dim=1, descending=True, stable=True).indices

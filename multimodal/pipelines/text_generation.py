@@ -9,13 +9,14 @@ from __future__ import annotations
 import torch
 
 from ..model import Segment
-from .base import MultimodalPipeline
-from .output import TextPipelineOutput
+from .core import PipelineCore
+from .output import TextResult
 from .visual_generation import as_prompt_list
 
 
-class TextGenerationPipeline(MultimodalPipeline):
-    """Continue prompts with the unified model's LM head; a list of prompts is one left-padded batch."""
+class TextGeneration(PipelineCore):
+    """Continue prompts with the unified model's LM head; a list of prompts is one left-padded batch. The logic of
+    `TextGenerationPipeline`, which the `multimodal` command also runs without diffusers."""
 
     @torch.no_grad()
     def __call__(
@@ -32,7 +33,7 @@ class TextGenerationPipeline(MultimodalPipeline):
         stop_token_ids: list[int] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
-    ) -> TextPipelineOutput | tuple:
+    ) -> TextResult | tuple:
         """Returns `TextPipelineOutput(text, tokens, finish_reason)` (or `(text,)`), one continuation per prompt."""
         # 1. tokenize
         prompts = as_prompt_list(prompt)

@@ -6,23 +6,25 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
-from diffusers.callbacks import PipelineCallback
 
 from ..tokenizers.image import ImageTokenizer
 from .image_caption import as_list
-from .output import ImagePipelineOutput, postprocess_images
+from .output import ImageResult, postprocess_images
 from .rerank import check_num_candidates
-from .visual_generation import VisualGenerationPipeline, as_prompt_list
+from .visual_generation import VisualGeneration, as_prompt_list
+
+if TYPE_CHECKING:
+    from diffusers.callbacks import PipelineCallback
 
 
-class TextToImagePipeline(VisualGenerationPipeline):
-    """Generate images from text with the unified model's image head (diffusers conventions)."""
+class TextToImage(VisualGeneration):
+    """Generate images from text with the unified model's image head: the logic of `TextToImagePipeline`
+    (diffusers conventions), which the `multimodal` command also runs without diffusers (core.py)."""
 
     kind = "image"
-    model_cpu_offload_seq = "model->vae"
 
     @torch.no_grad()
     def __call__(
@@ -42,7 +44,7 @@ class TextToImagePipeline(VisualGenerationPipeline):
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
         num_candidates: int = 1,
         return_all_candidates: bool = False,
-    ) -> ImagePipelineOutput | tuple:
+    ) -> ImageResult | tuple:
         """Returns `ImagePipelineOutput(images)` (or `(images,)`): B = len(prompts) * num_images_per_prompt images.
 
         height / width default to the model's (multiples of 8 x the head's patch size); `generator` may be one
@@ -77,7 +79,7 @@ class TextToImagePipeline(VisualGenerationPipeline):
             pixels = self.decode_latents(latents) if pixels is None else pixels
             images = postprocess_images(pixels[:, :, 0], output_type)
         self.maybe_free_model_hooks()
-        return ImagePipelineOutput(images=images, scores=scores, candidate_index=index) if return_dict else (images,)
+        return self.image_output(images=images, scores=scores, candidate_index=index) if return_dict else (images,)
 
     def preprocess_media(self, media, height: int | None, width: int | None, num_frames: int | None) -> torch.Tensor:
         """Images (paths, PIL images, uint8 arrays [H, W, 3], tensors [3, H, W]; one or a list) -> pixels

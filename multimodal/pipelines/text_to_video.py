@@ -7,23 +7,25 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
-from diffusers.callbacks import PipelineCallback
 
 from ..tokenizers.video import VideoTokenizer
-from .output import VideoPipelineOutput, postprocess_video
+from .output import VideoResult, postprocess_video
 from .rerank import check_num_candidates
 from .video_caption import as_video_list
-from .visual_generation import VisualGenerationPipeline, as_prompt_list
+from .visual_generation import VisualGeneration, as_prompt_list
+
+if TYPE_CHECKING:
+    from diffusers.callbacks import PipelineCallback
 
 
-class TextToVideoPipeline(VisualGenerationPipeline):
-    """Generate clips of 1 + 4k frames from text with the unified model's video head (diffusers conventions)."""
+class TextToVideo(VisualGeneration):
+    """Generate clips of 1 + 4k frames from text with the unified model's video head: the logic of
+    `TextToVideoPipeline` (diffusers conventions), which the `multimodal` command also runs without diffusers."""
 
     kind = "video"
-    model_cpu_offload_seq = "model->vae"
 
     @torch.no_grad()
     def __call__(
@@ -44,7 +46,7 @@ class TextToVideoPipeline(VisualGenerationPipeline):
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
         num_candidates: int = 1,
         return_all_candidates: bool = False,
-    ) -> VideoPipelineOutput | tuple:
+    ) -> VideoResult | tuple:
         """Returns `VideoPipelineOutput(frames)` (or `(frames,)`), B = len(prompts) * num_videos_per_prompt clips of
         `num_frames` (1 + 4k, default the model's) frames; see `TextToImagePipeline.__call__` for the rest, drafts
         (`num_candidates`, `return_all_candidates`) included."""
@@ -77,7 +79,7 @@ class TextToVideoPipeline(VisualGenerationPipeline):
             pixels = self.decode_latents(latents)[:, :, :num_frames] if pixels is None else pixels
             frames = postprocess_video(pixels, output_type)
         self.maybe_free_model_hooks()
-        return VideoPipelineOutput(frames=frames, scores=scores, candidate_index=index) if return_dict else (frames,)
+        return self.video_output(frames=frames, scores=scores, candidate_index=index) if return_dict else (frames,)
 
     def preprocess_media(self, media, height: int | None, width: int | None, num_frames: int | None) -> torch.Tensor:
         """Videos (paths, uint8 arrays [F, H, W, 3], float tensors [F, 3, H, W], lists of frames; one or a list, of

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from ..tokenizers.video import VideoTokenizer
-from .base import MultimodalPipeline
-from .output import TextPipelineOutput
+from .core import PipelineCore
+from .output import TextResult
 
 
 def as_video_list(videos: Any) -> list:
@@ -29,8 +29,9 @@ def as_video_list(videos: Any) -> list:
     return videos
 
 
-class VideoCaptionPipeline(MultimodalPipeline):
-    """Describe clips with the unified model: the video tokens are prefilled once, the caption decoded with the caches."""
+class VideoCaption(PipelineCore):
+    """Describe clips with the unified model: the video tokens are prefilled once, the caption decoded with the
+    caches. The logic of `VideoCaptionPipeline`, which the `multimodal` command also runs without diffusers."""
 
     @torch.no_grad()
     def encode_videos(self, videos: Any, num_frames: int | None = None, height: int | None = None,
@@ -63,7 +64,7 @@ class VideoCaptionPipeline(MultimodalPipeline):
         height: int | None = None,
         width: int | None = None,
         return_dict: bool = True,
-    ) -> TextPipelineOutput | tuple:
+    ) -> TextResult | tuple:
         """Returns `TextPipelineOutput(text, tokens, finish_reason)` (or `(text,)`), one caption per video.
 
         `prompt` (optional) is text placed after the video, e.g. a question."""

@@ -2,29 +2,30 @@
 
 1. tokenize the prompts (and the negative / empty prompts when guidance is on);
 2. one backbone forward over `<bos> prompt <begin> <gen> x Nq` for all of them -> conditions [2B, Nq, dim];
-3. draw the initial noise per sample with its generator (diffusers' `randn_tensor`); with `num_candidates` K > 1,
-   K rounds of it, so each output gets K drafts (rerank.py);
+3. draw the initial noise per sample with its generator (`draw_noise`, diffusers' `randn_tensor` contract); with
+   `num_candidates` K > 1, K rounds of it, so each output gets K drafts (rerank.py);
 4. for each scheduler timestep run only the small flow head on [uncond; cond], mix with the guidance scale
    v = v_u + g (v_c - v_u), and let the scheduler step (any diffusers flow scheduler: Euler, Heun, DPM-Solver with
    `prediction_type="flow_prediction"`, ...);
 5. decode the latents with the autoencoder; with K drafts, score each by the model's reading of the prompt and
    keep the best (rerank.py); post-process to `output_type`.
 
-The backbone runs once per sample, whatever the number of steps and drafts.
+The backbone runs once per sample, whatever the number of steps and drafts. Nothing here imports diffusers (core.py).
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
-from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.utils.torch_utils import randn_tensor
 
-from .base import MultimodalPipeline
+from .core import PipelineCore
 from .output import check_output_type
-from .rerank import ScoreOutput, check_num_candidates, quantize_pixels, rank_drafts
+from .rerank import ScoreResult, quantize_pixels, rank_drafts
+
+if TYPE_CHECKING:
+    from diffusers.callbacks import PipelineCallback
 
 
 def set_scheduler_timesteps(scheduler, num_inference_steps: int, device: torch.device, image_seq_len: int) -> torch.Tensor:
@@ -42,6 +43,21 @@ def set_scheduler_timesteps(scheduler, num_inference_steps: int, device: torch.d
     return scheduler.timesteps
 
 
+def draw_noise(shape: tuple[int, ...], generator: torch.Generator | list[torch.Generator] | None,
+               device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Standard normal noise [shape] on `device`, as diffusers' `randn_tensor` draws it: with a list of generators,
+    row i comes from generator i; a generator on another device (a CPU one) draws there and the noise moves after, so
+    a CPU generator gives the same noise on every device."""
+    if isinstance(generator, list) and len(generator) == 1:
+        generator = generator[0]
+    first = generator[0] if isinstance(generator, list) else generator
+    where = first.device if first is not None else device
+    if isinstance(generator, list):
+        rows = [torch.randn((1, *shape[1:]), generator=g, device=where, dtype=dtype) for g in generator]
+        return torch.cat(rows).to(device)                                             # [B, ...]
+    return torch.randn(shape, generator=generator, device=where, dtype=dtype).to(device)
+
+
 def as_prompt_list(prompt: str | list[str], name: str = "prompt") -> list[str]:
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts or not all(isinstance(p, str) for p in prompts):
@@ -51,8 +67,9 @@ def as_prompt_list(prompt: str | list[str], name: str = "prompt") -> list[str]:
     return prompts
 
 
-class VisualGenerationPipeline(MultimodalPipeline):
-    """Base of `TextToImagePipeline` and `TextToVideoPipeline`; `kind` is "image" or "video"."""
+class VisualGeneration(PipelineCore):
+    """The logic of `TextToImagePipeline` and `TextToVideoPipeline` (text_to_image.py, text_to_video.py); `kind`
+    is "image" or "video"."""
 
     kind = "image"
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
@@ -90,7 +107,7 @@ class VisualGenerationPipeline(MultimodalPipeline):
             return latents.to(self.device, self.dtype)
         if isinstance(generator, list) and len(generator) != shape[0]:
             raise ValueError(f"got {len(generator)} generators for {shape[0]} samples (prompts x num_per_prompt)")
-        return randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
+        return draw_noise(shape, generator, self.device, self.dtype)
 
     def prepare_drafts(self, shape_fn, outputs: int, num_candidates: int, generator,
                        latents: torch.Tensor | None) -> torch.Tensor:
@@ -113,7 +130,7 @@ class VisualGenerationPipeline(MultimodalPipeline):
             raise ValueError("this pipeline has no scheduler; pass one (e.g. FlowMatchEulerDiscreteScheduler())")
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+        if hasattr(callback_on_step_end, "tensor_inputs"):     # diffusers' PipelineCallback / MultiPipelineCallbacks
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
         if bad:
@@ -183,7 +200,7 @@ class VisualGenerationPipeline(MultimodalPipeline):
         raise NotImplementedError
 
     @torch.no_grad()
-    def score_pixels(self, pixels: torch.Tensor, prompts: list[str], batch_size: int = 32) -> ScoreOutput:
+    def score_pixels(self, pixels: torch.Tensor, prompts: list[str], batch_size: int = 32) -> ScoreResult:
         """pixels [N, 3, T, H, W] in [-1, 1] and one prompt each -> the model's log-likelihood of each prompt given
         its pixels (autoencoder encode, then one teacher-forced captioning forward per chunk of `batch_size`)."""
         if self.vae is None:
@@ -196,10 +213,10 @@ class VisualGenerationPipeline(MultimodalPipeline):
             sums.append(total.cpu())
             counts.append(n.cpu())
         total, n = torch.cat(sums), torch.cat(counts)
-        return ScoreOutput(log_likelihood=total, mean_log_likelihood=total / n, num_tokens=n)
+        return self.score_output(log_likelihood=total, mean_log_likelihood=total / n, num_tokens=n)
 
     def score(self, media, prompts: str | list[str], height: int | None = None, width: int | None = None,
-              num_frames: int | None = None, batch_size: int = 32) -> ScoreOutput:
+              num_frames: int | None = None, batch_size: int = 32) -> ScoreResult:
         """How well the model reads each prompt back from each image / video -> `ScoreOutput` with one entry per
         pair: `log_likelihood` (sum over the prompt's tokens and `<eos>`), `mean_log_likelihood`, `num_tokens`.
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
+from multimodal.empty_init import empty_init
 from multimodal.io.atomic import atomic_path
 from multimodal.tokenizers.causal_layers import (
     FrameGroupNorm,
@@ -41,7 +42,7 @@ from multimodal.tokenizers.causal_layers import (
 )
 from multimodal.tokenizers.config import AutoencoderConfig
 
-DEFAULT_WEIGHTS = "autoencoder_shapes64.safetensors"
+DEFAULT_WEIGHTS = "pipelines/shapes-demo/vae/autoencoder.safetensors"   # under multimodal/assets: the built-in model's vae
 
 
 def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -236,7 +237,8 @@ class CausalAutoencoder(nn.Module):
             meta = f.metadata() or {}
         if "config" not in meta:
             raise ValueError(f"{path} has no autoencoder config in its safetensors metadata")
-        model = cls(AutoencoderConfig.from_json(meta["config"]))
+        with empty_init():                                # every weight comes from the file (strict load)
+            model = cls(AutoencoderConfig.from_json(meta["config"]))
         state = {k: v.float() for k, v in load_file(str(path)).items()}
         model.load_state_dict(state)
         model.metadata = {k: v for k, v in meta.items() if k != "config"}

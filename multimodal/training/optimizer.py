@@ -1,17 +1,29 @@
-"""Optimizers of a run: AdamW, or Muon for hidden weight matrices with AdamW for everything else.
+"""The optimizers of every training loop: AdamW, or Muon for hidden weight matrices with AdamW for the rest.
 
-Parameter grouping (`param_groups`):
-- AdamW: matrices (and stacked expert matrices) get weight decay; vectors (norm gains, biases, mHC scalars) don't.
-- Muon (`optimizer="muon"`): every matrix of a hidden layer — attention projections, expert and shared-expert
-  weights, mHC projections, MTP projections — is updated by Muon; the token embedding, the LM head and all
-  vectors stay with AdamW (as in Keller Jordan's Muon and Moonshot's Moonlight).
+Parameter groups (`param_groups`; every trainable parameter in exactly one, tested):
+
+| group      | parameters                                                             | optimizer | lr                  | decay |
+|------------|------------------------------------------------------------------------|-----------|---------------------|-------|
+| `muon`     | matrices of the hidden layers: attention, expert (stacked [E, out, in]) | Muon      | `lr`                | wd    |
+|            | and shared-expert weights, routers, mHC and MTP projections, heads'     |           |                     |       |
+|            | projections (only with `muon=True`)                                     |           |                     |       |
+| `decay`    | token embedding, LM head, the remaining >= 2-D tensors (a depthwise     | AdamW     | `lr`                | wd    |
+|            | conv kernel [C, 1, k] is no matrix)                                     |           |                     |       |
+| `no_decay` | vectors (norm gains, biases, mHC scalars, sinks) and norm gains stored | AdamW     | `lr`                | 0     |
+|            | as matrices                                                            |           |                     |       |
+| `engram`   | Engram memory tables (`*.engram.table.*`)                              | AdamW     | `lr * engram_lr_mult` | 0   |
+
+As in Keller Jordan's Muon and Moonshot's Moonlight the embedding, LM head and vectors stay with AdamW; the Engram
+tables get Adam with a 5x learning rate and no decay (Engram paper §4.1, ../shared/reference/mhc_engram.md §4.3).
+A group's `lr_scale` (the Engram group's multiplier) is kept by `schedule.WarmupCosine.apply`.
 
 Muon (momentum orthogonalised): with momentum buffer `M <- mu M + G` and Nesterov look-ahead `U = G + mu M`, the
 update is `O = NS5(U)`, an approximation of the orthogonal factor `U (U^T U)^{-1/2}` by five Newton-Schulz
 iterations of the quintic `X <- a X + b (X X^T) X + c (X X^T)^2 X` with (a, b, c) = (3.4445, -4.7750, 2.0315),
 run in bf16 on a matrix scaled to unit spectral-norm bound. Like Moonlight (arXiv 2502.16982 §2.2) the update is
 rescaled by `0.2 * sqrt(max(rows, cols))` so its RMS matches AdamW's, which lets both groups share one learning
-rate and weight decay. Stacked tensors `[E, rows, cols]` are orthogonalised per matrix (batched).
+rate and weight decay. Stacked tensors `[E, rows, cols]` are orthogonalised per matrix (batched), as V4 applies Muon
+per expert matrix.
 """
 
 from __future__ import annotations
@@ -76,31 +88,45 @@ class Muon(torch.optim.Optimizer):
         return loss
 
 
+def is_engram_table(name: str) -> bool:
+    return ".engram.table." in f".{name}"
+
+
+def _is_norm(name: str) -> bool:
+    return any("norm" in part for part in name.split("."))
+
+
 def _is_muon_param(name: str, p: nn.Parameter) -> bool:
-    """Hidden matrices: >= 2 dims, not the token embedding or the LM head (or their tied copies)."""
+    """Hidden matrices: >= 2 dims whose last two are both > 1, not the token embedding or the LM head (or their tied
+    copies), not a norm gain."""
     leaf = name.split(".")[-1]
-    return p.ndim >= 2 and not (name == "embed.weight" or name.endswith("embed.weight") or name == "head.weight"
-                                or name.endswith(".head.weight") or leaf == "tid2eid")
+    return p.ndim >= 2 and min(p.shape[-2:]) > 1 and not _is_norm(name) and not (
+        name.endswith("embed.weight") or name == "head.weight" or name.endswith(".head.weight") or leaf == "tid2eid")
 
 
-def param_groups(model: nn.Module, weight_decay: float, muon: bool) -> dict[str, list[dict]]:
-    """{"adamw": [decay group, no-decay group], "muon": [group]} of trainable parameters, each once."""
+def param_groups(model: nn.Module, weight_decay: float, muon: bool,
+                 engram_lr_mult: float = 5.0) -> dict[str, list[dict]]:
+    """{"adamw": [decay, no_decay, engram groups (the non-empty ones)], "muon": [group] or []} of `model`'s
+    trainable parameters, each once (module docstring). Groups carry their `name`; the Engram one `lr_scale`."""
     seen: set[int] = set()
-    decay, no_decay, hidden = [], [], []
+    parts: dict[str, list[nn.Parameter]] = {"muon": [], "decay": [], "no_decay": [], "engram": []}
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        if muon and _is_muon_param(name, p):
-            hidden.append(p)
-        elif p.ndim >= 2:
-            decay.append(p)
+        if is_engram_table(name):
+            parts["engram"].append(p)
+        elif muon and _is_muon_param(name, p):
+            parts["muon"].append(p)
+        elif p.ndim >= 2 and not _is_norm(name):
+            parts["decay"].append(p)
         else:
-            no_decay.append(p)
-    groups = {"adamw": [g for g in ({"params": decay, "weight_decay": weight_decay},
-                                    {"params": no_decay, "weight_decay": 0.0}) if g["params"]]}
-    groups["muon"] = [{"params": hidden, "weight_decay": weight_decay}] if hidden else []
-    return groups
+            parts["no_decay"].append(p)
+    adamw = [{"params": parts["decay"], "weight_decay": weight_decay, "name": "decay"},
+             {"params": parts["no_decay"], "weight_decay": 0.0, "name": "no_decay"},
+             {"params": parts["engram"], "weight_decay": 0.0, "name": "engram", "lr_scale": engram_lr_mult}]
+    return {"adamw": [g for g in adamw if g["params"]],
+            "muon": [{"params": parts["muon"], "weight_decay": weight_decay, "name": "muon"}] if parts["muon"] else []}
 
 
 class CombinedOptimizer:
@@ -153,12 +179,23 @@ class CombinedOptimizer:
             child.load_state_dict(part)
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, betas: tuple[float, float],
-                    eps: float) -> torch.optim.Optimizer | CombinedOptimizer:
-    """AdamW (`name="adamw"`) or Muon + AdamW (`name="muon"`) over `model`'s trainable parameters."""
+def build_optimizer(model: nn.Module, name: str = "muon", lr: float = 3e-4, weight_decay: float = 0.1,
+                    betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
+                    engram_lr_mult: float = 5.0) -> torch.optim.Optimizer | CombinedOptimizer:
+    """AdamW (`name="adamw"`) or Muon + AdamW (`name="muon"`) over `model`'s trainable parameters (module docstring).
+    Each group's `lr` starts at `lr * lr_scale`."""
     if name not in ("adamw", "muon"):
         raise ValueError(f"optimizer must be 'adamw' or 'muon', got {name!r}")
-    groups = param_groups(model, weight_decay, muon=name == "muon")
+    for key, value in (("lr", lr), ("engram_lr_mult", engram_lr_mult)):
+        if value <= 0:
+            raise ValueError(f"{key} must be > 0, got {value}")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    groups = param_groups(model, weight_decay, muon=name == "muon", engram_lr_mult=engram_lr_mult)
+    if not groups["adamw"]:
+        raise ValueError("the model has no trainable parameters outside Muon's matrices (no norm, bias or embedding)")
+    for g in groups["adamw"]:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
     params = [p for g in groups["adamw"] for p in g["params"]]
     fused = bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)   # one kernel for all tensors
     adamw = torch.optim.AdamW(groups["adamw"], lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,

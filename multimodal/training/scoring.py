@@ -45,8 +45,7 @@ def generation_pipeline(trainer: "Trainer", kind: str):
     """A text-to-`kind` pipeline over the trainer's own model, tokenizer and autoencoder (no copies)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from ..pipelines.text_to_image import TextToImagePipeline
-    from ..pipelines.text_to_video import TextToVideoPipeline
+    from ..pipelines.base import TextToImagePipeline, TextToVideoPipeline
 
     cls = TextToImagePipeline if kind == "image" else TextToVideoPipeline
     pipe = cls(model=trainer.model, tokenizer=trainer.tokenizer, vae=trainer.autoencoder,

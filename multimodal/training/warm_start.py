@@ -42,7 +42,7 @@ def load_warm_start(name_or_path: str, media: bool) -> WarmStart:
     model folder. Raises FileNotFoundError (ModelNotFoundError for pipelines) naming the path when it is not one."""
     if media:
         from ..model import UnifiedModel
-        from ..pipelines.base import resolve_model_path
+        from ..pipelines.core import resolve_model_path
         path = resolve_model_path(name_or_path)
         model = UnifiedModel.from_pretrained(path / "model")             # fp32, whatever the stored dtype
         vae = path / "vae" / "autoencoder.safetensors"

@@ -102,3 +102,23 @@ def test_training_then_euler_sampling_reaches_the_conditioned_target():
             x = scheduler.step(head(x, t.expand(2), cond), t, x).prev_sample
     means = x.mean(dim=(1, 2, 3, 4))
     assert means[0] > 0.7 and means[1] < -0.7                              # each condition gets its own target
+
+
+def test_bf16_autocast_step_is_warning_free_and_close_to_fp32():
+    """Under bf16 autocast (the GPU training recipe) the head's QK and condition norms see bf16 activations and fp32
+    gains; they normalise in fp32 instead of tripping torch's fused-RMSNorm dtype-mismatch warning."""
+    import warnings
+
+    head = ImageHead(small())
+    randomise(head)
+    x, t, cond = torch.randn(2, 4, 1, 4, 4), torch.tensor([100.0, 800.0]), torch.randn(2, 3, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                      # any warning fails the test
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            v = head(x, t, cond)
+            v.float().square().mean().backward()
+    assert v.dtype == torch.bfloat16
+    assert all(p.grad is not None for n, p in head.named_parameters() if "norm" in n)
+    with torch.no_grad():
+        ref = head(x, t, cond)
+    assert (v.float() - ref).abs().max() < 0.05 * ref.abs().max()

@@ -83,6 +83,17 @@ def test_dot_precision_follows_torch_tf32_flag():
 
 
 # ------------------------------------------------------------------------------------------------- dtypes
+def test_grid_helpers_equal_tritons():
+    """cdiv / next_power_of_2 size launch grids and tiles without importing Triton; same values as Triton's."""
+    triton = pytest.importorskip("triton")
+
+    for a in range(1, 1100):
+        assert dispatch.next_power_of_2(a) == triton.next_power_of_2(a)
+        for b in (1, 2, 3, 7, 16, 64, 129):
+            assert dispatch.cdiv(a, b) == triton.cdiv(a, b)
+    assert dispatch.cdiv(0, 16) == 0
+
+
 def test_common_dtype_and_cast():
     bf, f32, f16 = (torch.zeros(2, dtype=d) for d in (torch.bfloat16, torch.float32, torch.float16))
     ints = torch.zeros(2, dtype=torch.int64)

@@ -73,3 +73,85 @@ def test_unreadable_media_is_one_line(saved, tmp_path, capsys):
     assert main(["caption-video", str(bad), "--model", saved]) == 2
     err = capsys.readouterr().err.strip()
     assert "bad.mp4" in err and "\n" not in err
+
+
+def test_several_prompts_write_one_file_each_as_the_pipeline_draws_them(pipe, saved, tmp_path):
+    """Positional prompts, then --prompts lines; output i = prompt i // num with seed + i, whatever the batch size."""
+    import torch
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\ntwo blue squares\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["generate-image", "a green triangle", "--prompts", str(prompts), "-o", f"{out}/", "--model", saved,
+                 "--steps", "2", "--num", "2", "--batch-size", "2", "--candidates", "1", "--seed", "4",
+                 "--no-progress"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["0-a-green-triangle.png", "1-a-green-triangle.png", "2-a-red-circle.png", "3-a-red-circle.png",
+                     "4-two-blue-squares.png", "5-two-blue-squares.png"]
+    for i, name in enumerate(names):
+        prompt = ["a green triangle", "a red circle", "two blue squares"][i // 2]
+        alone = pipe(prompt, num_inference_steps=2, generator=[torch.Generator().manual_seed(4 + i)]).images[0]
+        got = read_image(out / name).astype(int)
+        assert np.abs(got - np.asarray(alone).astype(int)).max() <= 1, name     # batched forwards round alike
+    assert main(["generate-video", "a red circle", "two blue squares", "-o", str(tmp_path / "v" / "{slug}-{i}.mp4"),
+                 "--model", saved, "--steps", "1", "--frames", "5", "--candidates", "1", "--no-progress"]) == 0
+    assert sorted(p.name for p in (tmp_path / "v").iterdir()) == ["a-red-circle-0.mp4", "two-blue-squares-1.mp4"]
+
+
+@pytest.mark.parametrize("lines, message", [
+    ("a red circle\n\ntwo squares\n", "prompts.txt, line 2: empty line"),
+    ("a red circle\n   \n", "prompts.txt, line 2: empty line"),
+    ("", "prompts.txt: no prompts"),
+    (b"\xff\xfe bad bytes", "cannot read --prompts"),
+    (None, "cannot read --prompts"),                                       # no such file
+])
+def test_a_bad_prompts_file_is_one_line_naming_file_and_line(lines, message, tmp_path, capsys):
+    path = tmp_path / "prompts.txt"
+    if isinstance(lines, bytes):
+        path.write_bytes(lines)
+    elif lines is not None:
+        path.write_text(lines, encoding="utf-8")
+    # --model nope: the check comes before any model would load
+    assert main(["generate-image", "--prompts", str(path), "-o", str(tmp_path / "a.png"), "--model", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and str(path) in err and "\n" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate-image", "a red circle", "a red circle!", "-o", "{slug}.png"], "to one file, a-red-circle.png"),
+    (["generate-image", "a", "b", "-o", "same.png", "--num", "1", "-o", "{x}.png"], "unknown field(s) {x}"),
+    (["generate-video", "a", "-o", "a.png"], "unknown extension '.png'"),
+    (["generate-image", "-o", "a.png"], "give a prompt"),
+    (["generate-image", "", "-o", "a.png"], "prompt 1 is empty"),
+    (["generate-image", "a", "-o", "a.png", "--batch-size", "0"], "--batch-size must be >= 1"),
+])
+def test_output_and_prompt_errors_come_before_any_work(argv, message, capsys):
+    assert main(argv + ["--model", "nope"]) == 2                            # never reaches the model
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+
+
+def test_quiet_by_default_and_verbose_shows_kernel_choices(saved, tmp_path, capsys, monkeypatch):
+    from multimodal.kernels import dispatch
+
+    argv = ["generate-image", "a red circle", "-o", str(tmp_path / "a.png"), "--model", saved, "--steps", "1",
+            "--candidates", "1", "--no-progress"]
+    monkeypatch.setattr(dispatch, "_logged", set())
+    monkeypatch.delenv("MULTIMODAL_LOG_LEVEL", raising=False)
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.strip() == str(tmp_path / "a.png")
+    for extra, env in ((["-v"], None), ([], "debug")):
+        monkeypatch.setattr(dispatch, "_logged", set())
+        if env:
+            monkeypatch.setenv("MULTIMODAL_LOG_LEVEL", env)
+        assert main(argv + extra) == 0
+        err = capsys.readouterr().err
+        assert "DEBUG: multimodal.kernels.moe_ffn: using the PyTorch reference (CPU tensors" in err
+    monkeypatch.setenv("MULTIMODAL_LOG_LEVEL", "WARNING")
+    monkeypatch.setattr(dispatch, "_logged", set())
+    assert main(["-v"] + argv) == 0 and "DEBUG:" in capsys.readouterr().err         # -v before the command
+    monkeypatch.setenv("MULTIMODAL_LOG_LEVEL", "loud")
+    assert main(argv) == 2 and "MULTIMODAL_LOG_LEVEL='loud' is not a log level" in capsys.readouterr().err
+    monkeypatch.delenv("MULTIMODAL_LOG_LEVEL")
+    assert main(argv) == 0 and capsys.readouterr().err == ""                 # back to quiet

@@ -9,9 +9,11 @@ videos). On 64 images / 16 videos they measure 32.9 dB and 31.5 dB (stored in th
 from __future__ import annotations
 
 from importlib import resources
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from multimodal.tokenizers.autoencoder import DEFAULT_WEIGHTS, CausalAutoencoder
 from multimodal.training.autoencoder import evaluate_psnr
@@ -32,6 +34,17 @@ def test_weights_are_small_safetensors():
     assert len(data) < 5 * 2**20
     header_len = int.from_bytes(data[:8], "little")
     assert data[8:9] == b"{" and header_len < len(data)  # a safetensors header, not a pickle
+
+
+def test_stored_once_as_the_built_in_models_vae():
+    """One autoencoder file in the package, fp16 (lossless for these weights): the built-in pipeline's vae, which is
+    also the default of `CausalAutoencoder.from_pretrained()`."""
+    assets = Path(str(resources.files("multimodal.assets")))
+    autoencoders = [f.relative_to(assets).as_posix() for f in sorted(assets.rglob("*.safetensors"))
+                    if "latent_channels" in CausalAutoencoder.read_metadata(f).get("config", {})]
+    assert autoencoders == [DEFAULT_WEIGHTS] == ["pipelines/shapes-demo/vae/autoencoder.safetensors"]
+    with safe_open(str(assets / DEFAULT_WEIGHTS), framework="pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
 
 
 def test_shipped_latent_statistics_are_set(shipped):

@@ -11,7 +11,7 @@ import torch
 
 from multimodal.cli import main
 from multimodal.model import UnifiedModel
-from multimodal.pipelines.image_caption import ImageCaptionPipeline
+from multimodal.pipelines import ImageCaptionPipeline
 from multimodal.tokenizers.autoencoder import CausalAutoencoder
 from multimodal.training.media_tasks import MEDIA_TASKS
 from multimodal.training.metrics import read_metrics

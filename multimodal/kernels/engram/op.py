@@ -19,9 +19,8 @@ forward or backward (``dispatch.run_or_fall_back``).
 from __future__ import annotations
 
 import torch
-import triton
 
-from ..dispatch import dtype_signature, reference_vjp, run_or_fall_back, use_triton
+from ..dispatch import cdiv, dtype_signature, next_power_of_2, reference_vjp, run_or_fall_back, use_triton
 from .naive import naive_engram_gather
 
 __all__ = ["engram_gather", "EngramGatherFunction"]
@@ -30,8 +29,8 @@ __all__ = ["engram_gather", "EngramGatherFunction"]
 def _tiles(device: torch.device, head_dim: int) -> tuple[int, int]:
     """(BT tokens per program, BD table columns per step)."""
     if device.type == "cuda":
-        return 64, min(128, max(16, triton.next_power_of_2(head_dim)))
-    return 16, min(32, max(4, triton.next_power_of_2(head_dim)))
+        return 64, min(128, max(16, next_power_of_2(head_dim)))
+    return 16, min(32, max(4, next_power_of_2(head_dim)))
 
 
 class EngramGatherFunction(torch.autograd.Function):
@@ -48,7 +47,7 @@ class EngramGatherFunction(torch.autograd.Function):
         BT, BD = _tiles(table.device, Dh)
         mult, offs = multipliers.long().contiguous(), offsets.long().contiguous()
         out = torch.empty(M, H * Dh, dtype=table.dtype, device=table.device)
-        engram_gather_kernel[(triton.cdiv(M, BT), H)](
+        engram_gather_kernel[(cdiv(M, BT), H)](
             ids, history, mult, primes, offs, table, out,
             M, S, NH, K, Dh,
             *ids.stride(), *history.stride(), *primes.stride(), *table.stride(), *out.stride(),
@@ -84,7 +83,7 @@ class EngramGatherFunction(torch.autograd.Function):
         BT, BD = _tiles(dout.device, Dh)
         g = dout.reshape(M, H * Dh)
         dtable = torch.zeros(ctx.table_shape, dtype=torch.float32, device=dout.device)
-        engram_scatter_kernel[(triton.cdiv(M, BT), H)](
+        engram_scatter_kernel[(cdiv(M, BT), H)](
             ids, history, mult, primes, offs, g, dtable,
             M, S, NH, K, Dh,
             *ids.stride(), *history.stride(), *primes.stride(), *g.stride(), *dtable.stride(),

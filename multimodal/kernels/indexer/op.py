@@ -14,9 +14,9 @@ runs the reference instead (``dispatch.run_or_fall_back``, one WARNING).
 from __future__ import annotations
 
 import torch
-import triton
 
-from ..dispatch import cast, common_dtype, dot_precision, dtype_signature, run_or_fall_back, use_triton
+from ..dispatch import (cast, cdiv, common_dtype, dot_precision, dtype_signature, next_power_of_2, run_or_fall_back,
+                        use_triton)
 from .naive import DEFAULT_CHUNK_SIZE, naive_indexer_topk, select_topk
 
 __all__ = ["indexer_topk", "indexer_scores"]
@@ -44,8 +44,8 @@ def indexer_scores(
     if out is None:
         out = torch.empty(B, C, T, dtype=torch.float32, device=q.device)
     BS, BT = _tiles(q.device)
-    BD = max(16, triton.next_power_of_2(Di))
-    grid = (B * triton.cdiv(C, BS), triton.cdiv(T, BT))
+    BD = max(16, next_power_of_2(Di))
+    grid = (B * cdiv(C, BS), cdiv(T, BT))
     indexer_scores_kernel[grid](
         q, k, weights, threshold, out, C, T, Hi, Di, float(scale),
         *q.stride(), *k.stride(), *weights.stride(), *threshold.stride(), *out.stride(),

@@ -23,9 +23,9 @@ Triton cannot compile for a call's dtypes falls back to the reference, forward o
 from __future__ import annotations
 
 import torch
-import triton
 
-from ..dispatch import dot_precision, dtype_signature, reference_vjp, run_or_fall_back, use_triton
+from ..dispatch import (cdiv, dot_precision, dtype_signature, next_power_of_2, reference_vjp, run_or_fall_back,
+                        use_triton)
 from .naive import naive_mhc_post, naive_mhc_pre
 
 __all__ = ["mhc_pre", "mhc_post", "MHCPreFunction", "MHCPostFunction"]
@@ -33,7 +33,7 @@ __all__ = ["mhc_pre", "mhc_post", "MHCPreFunction", "MHCPostFunction"]
 
 def _pads(n: int) -> tuple[int, int]:
     """NP = padded stream count, MP = padded packed-projection width (>= 16 for tl.dot)."""
-    return triton.next_power_of_2(n), max(16, triton.next_power_of_2((2 + n) * n))
+    return next_power_of_2(n), max(16, next_power_of_2((2 + n) * n))
 
 
 def _tiles(device: torch.device) -> tuple[int, int, int]:
@@ -61,7 +61,7 @@ class MHCPreFunction(torch.autograd.Function):
         coll = torch.empty(M, D, dtype=streams.dtype, device=dev)
         rstd = torch.empty(M, dtype=torch.float32, device=dev)  # 1/sqrt(mean(x²) + norm_eps)
         fn32 = fn.float()
-        mhc_pre_kernel[(triton.cdiv(M, BT),)](
+        mhc_pre_kernel[(cdiv(M, BT),)](
             x, fn32, base.float().contiguous(), scale.float().contiguous(), post, comb, pre, mixes, rstd, coll,
             M, n, D, int(sinkhorn_iters), float(hc_eps), float(norm_eps),
             *x.stride(), *fn32.stride(),
@@ -107,12 +107,12 @@ class MHCPreFunction(torch.autograd.Function):
         dcoll = torch.zeros(M, D, dtype=x.dtype, device=x.device) if dcoll is None else dcoll.reshape(M, D).contiguous()
         # 1. gradient of the collapse weights: dpre[m, i] = dcoll[m] . x[m, i]
         dpre = torch.empty(M, n, dtype=torch.float32, device=x.device)
-        mhc_pre_bwd_dpre_kernel[(triton.cdiv(M, BT),)](
+        mhc_pre_bwd_dpre_kernel[(cdiv(M, BT),)](
             x, dcoll, dpre, M, n, D, *x.stride(), NP=NP, BT=BT, BD=BD)
         # 2. coefficient + Sinkhorn backward: dlogit of z = scale * mixes + base, per packed column
         dlogit = torch.zeros(M, MP, dtype=torch.float32, device=x.device)
         base32, scale32 = base.detach().float().contiguous(), scale.detach().float().contiguous()
-        mhc_coef_bwd_kernel[(triton.cdiv(M, BT),)](
+        mhc_coef_bwd_kernel[(cdiv(M, BT),)](
             mixes, base32, scale32, dpre, dpost.contiguous(), dcomb.contiguous(), dlogit, M, n, iters, hc_eps,
             NP=NP, MP=MP, BT=BT)
         dlogit = dlogit[:, :W]
@@ -128,7 +128,7 @@ class MHCPreFunction(torch.autograd.Function):
         dz[:, :W] = dmix * rstd[:, None]
         coef = -(rstd ** 2) * (dmix * mixes[:, :W]).sum(-1) / (n * D)  # [M]
         dx = torch.empty(M, n, D, dtype=x.dtype, device=x.device)
-        mhc_pre_bwd_dx_kernel[(triton.cdiv(M, BT), triton.cdiv(n * D, BK))](
+        mhc_pre_bwd_dx_kernel[(cdiv(M, BT), cdiv(n * D, BK))](
             x, fn32, dz, coef, pre, dcoll, dx, M, n, D, *x.stride(), *fn32.stride(),
             MP=MP, BT=BT, BK=BK, PREC=dot_precision(torch.float32),
         )
@@ -152,7 +152,7 @@ class MHCPostFunction(torch.autograd.Function):
         bo, x = block_out.reshape(M, D).contiguous(), streams.reshape(M, n, D).contiguous()
         p, c = post.reshape(M, n).contiguous(), comb.reshape(M, n, n).contiguous()
         new = torch.empty(M, n, D, dtype=streams.dtype, device=streams.device)
-        mhc_post_kernel[(triton.cdiv(M, BT), triton.cdiv(D, BD))](
+        mhc_post_kernel[(cdiv(M, BT), cdiv(D, BD))](
             bo, x, p, c, new, M, n, D, NS=n, NP=NP, BT=BT, BD=BD)
         ctx.save_for_backward(bo, x, p, c)
         ctx.dtypes = (block_out.dtype, post.dtype, comb.dtype)
@@ -188,7 +188,7 @@ class MHCPostFunction(torch.autograd.Function):
         dx = torch.empty_like(x)
         dpost = torch.empty(M, n, dtype=torch.float32, device=x.device)
         dcomb = torch.empty(M, n, n, dtype=torch.float32, device=x.device)
-        mhc_post_bwd_kernel[(triton.cdiv(M, BT),)](
+        mhc_post_bwd_kernel[(cdiv(M, BT),)](
             dnew, bo, x, p, c, dbo, dx, dpost, dcomb, M, n, D, NS=n, NP=NP, BT=BT, BD=BD)
         s_bo, s_x, s_p, s_c = ctx.shapes
         return (dbo.view(s_bo), dx.view(s_x), dpost.to(ctx.dtypes[1]).view(s_p), dcomb.to(ctx.dtypes[2]).view(s_c))

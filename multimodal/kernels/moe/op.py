@@ -37,9 +37,8 @@ import logging
 from dataclasses import dataclass
 
 import torch
-import triton
 
-from ..dispatch import (cast, common_dtype, dot_precision, dtype_signature, kernel_policy, reference_vjp,
+from ..dispatch import (cast, cdiv, common_dtype, dot_precision, dtype_signature, kernel_policy, reference_vjp,
                         run_or_fall_back, use_triton)
 from .choice import CHOICES, Candidate, choice_key
 from .grouped import grouped_mm_moe_ffn, grouped_mm_unsupported
@@ -89,7 +88,7 @@ def _route(indices: torch.Tensor, E: int, BM: int) -> _Routing:
     seg_start = seg_end - counts
     nblk = (counts + BM - 1) // BM  # [E] M-blocks per expert
     blk_end = torch.cumsum(nblk, 0)
-    G = max(1, min(triton.cdiv(R, BM) + E, R))  # upper bound on sum(nblk), known on the host
+    G = max(1, min(cdiv(R, BM) + E, R))  # upper bound on sum(nblk), known on the host
     g = torch.arange(G, device=flat.device)
     blk_expert = torch.searchsorted(blk_end, g, right=True)  # [G], == E past the last block
     e = blk_expert.clamp(max=E - 1)
@@ -107,7 +106,7 @@ def _grouped_gemm(
 
     BM, BN, BK, PREC = blocks
     G = rt.blk_expert.numel()
-    grid = (G, triton.cdiv(N, BN))
+    grid = (G, cdiv(N, BN))
     grouped_gemm_kernel[grid](
         a, b, c, a_idx if a_idx is not None else rt.order, c_idx if c_idx is not None else rt.order,
         scale if scale is not None else a, rt.blk_expert, rt.blk_row, rt.seg_end,
@@ -126,7 +125,7 @@ def _wgrad(
 
     BM, BN, BK, PREC = blocks
     E, N, K = out.shape
-    grid = (E, triton.cdiv(N, BN), triton.cdiv(K, BK))
+    grid = (E, cdiv(N, BN), cdiv(K, BK))
     grouped_wgrad_kernel[grid](
         a, b, out, a_idx if a_idx is not None else rt.order, scale if scale is not None else a,
         rt.seg_start, rt.seg_end, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
@@ -158,7 +157,7 @@ class MoEFFNFunction(torch.autograd.Function):
         u = torch.empty_like(h) if save else h
         limit = float(swiglu_limit) if swiglu_limit is not None else 0.0
         G = rt.blk_expert.numel()
-        moe_up_kernel[(G, triton.cdiv(I, BN))](
+        moe_up_kernel[(G, cdiv(I, BN))](
             x, w1, w3, g, u, h, rt.token, rt.blk_expert, rt.blk_row, rt.seg_end,
             E, H, I, limit, x.stride(0), x.stride(1), *w1.stride(), h.stride(0), h.stride(1),
             HAS_LIMIT=swiglu_limit is not None, SAVE_GU=save,
@@ -210,7 +209,7 @@ class MoEFFNFunction(torch.autograd.Function):
         limit = float(ctx.swiglu_limit) if ctx.swiglu_limit is not None else 0.0
         dg = torch.empty_like(g)  # [R, I]
         du = torch.empty_like(u)  # [R, I]
-        n_blk = triton.cdiv(I, BN)
+        n_blk = cdiv(I, BN)
         dwpart = torch.empty(n_blk, R, dtype=torch.float32, device=x.device)  # partial weight grads
         moe_down_bwd_kernel[(blk_expert.numel(), n_blk)](
             dout, w2, g, u, wsort, dg, du, dwpart, token, blk_expert, blk_row, seg_end,

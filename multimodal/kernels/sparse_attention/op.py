@@ -18,10 +18,9 @@ dtypes falls back to the reference, forward or backward (``dispatch.run_or_fall_
 from __future__ import annotations
 
 import torch
-import triton
 
-from ..dispatch import (cast, common_dtype, dot_precision, dtype_signature, reference_vjp, run_or_fall_back,
-                        use_triton)
+from ..dispatch import (cast, cdiv, common_dtype, dot_precision, dtype_signature, next_power_of_2, reference_vjp,
+                        run_or_fall_back, use_triton)
 from .naive import naive_sparse_mqa
 
 __all__ = ["sparse_mqa", "SparseMQAFunction"]
@@ -29,7 +28,7 @@ __all__ = ["sparse_mqa", "SparseMQAFunction"]
 
 def _blocks(D: int, device: torch.device) -> tuple[int, int, int]:
     """(BH heads, BK entries, BD padded head dim) per program."""
-    BD = max(16, triton.next_power_of_2(D))
+    BD = max(16, next_power_of_2(D))
     if device.type != "cuda":
         return 16, 16, BD
     return 16, (32 if BD <= 256 else 16), BD
@@ -47,7 +46,7 @@ def _num_splits(programs: int, K: int, BK: int, device: torch.device) -> int:
     sms = _sm_count(device)
     if programs >= sms:
         return 1
-    return max(1, min(triton.cdiv(K, 4 * BK), triton.cdiv(2 * sms, programs)))
+    return max(1, min(cdiv(K, 4 * BK), cdiv(2 * sms, programs)))
 
 
 class SparseMQAFunction(torch.autograd.Function):
@@ -64,10 +63,10 @@ class SparseMQAFunction(torch.autograd.Function):
         out = torch.empty_like(q)  # [B,S,H,D]
         lse = torch.empty(B, S, H, dtype=torch.float32, device=q.device)  # natural-log LSE incl. sink
         sink_arg = sink.float().contiguous() if sink is not None else lse
-        n_hblk = triton.cdiv(H, BH)
+        n_hblk = cdiv(H, BH)
         splits = num_splits or _num_splits(B * S * n_hblk, K, BK, q.device)
-        split_len = triton.cdiv(triton.cdiv(K, splits), BK) * BK  # whole BK blocks per split
-        splits = triton.cdiv(K, split_len)
+        split_len = cdiv(cdiv(K, splits), BK) * BK  # whole BK blocks per split
+        splits = cdiv(K, split_len)
         meta = dict(HAS_SINK=sink is not None, BH=BH, BK=BK, BD=BD, PREC=dot_precision(q.dtype),
                     num_warps=4 if BD <= 128 else 8)
         if splits == 1:
@@ -117,7 +116,7 @@ class SparseMQAFunction(torch.autograd.Function):
         delta = (dout.float() * out.float()).sum(-1)  # [B,S,H] = sum_j p_j dp_j (sink value is 0)
         dq = torch.empty_like(q)
         dkv = torch.zeros(B, N, D, dtype=torch.float32, device=q.device)  # atomics accumulate in fp32
-        grid = (B * S, triton.cdiv(H, BH))
+        grid = (B * S, cdiv(H, BH))
         sparse_mqa_bwd_kernel[grid](
             q, kv, indices, dout, lse, delta, dq, dkv, S, H, N, K, D, ctx.scale,
             *q.stride(), *kv.stride(), *indices.stride(), *lse.stride(), *dkv.stride(),
