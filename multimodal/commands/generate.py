@@ -74,7 +74,8 @@ def add_parser(sub) -> None:
         p.add_argument("--width", type=int, default=None)
         p.add_argument("--candidates", type=int, default=None, metavar="K",
                        help="draw K drafts per output and keep the one the model reads the prompt back from best "
-                            "(1: no ranking; default: multimodal.pipelines.rerank.DEFAULT_CANDIDATES)")
+                            "(1: no ranking; default: 4 for images, 1 for videos, "
+                            "multimodal.pipelines.rerank.DEFAULT_CANDIDATES)")
         if name == "generate-video":
             p.add_argument("--frames", type=int, default=None, help="frames, 1 + 4k (default: the model's)")
             p.add_argument("--fps", type=float, default=None, help="frames per second of the file")
@@ -104,7 +105,8 @@ def _check(args) -> None:
     if hasattr(args, "candidates"):
         from multimodal.pipelines.rerank import DEFAULT_CANDIDATES, MAX_CANDIDATES
 
-        args.candidates = DEFAULT_CANDIDATES if args.candidates is None else args.candidates
+        if args.candidates is None:
+            args.candidates = DEFAULT_CANDIDATES["video" if args.command == "generate-video" else "image"]
         if not 1 <= args.candidates <= MAX_CANDIDATES:
             raise UserError(f"--candidates must be in [1, {MAX_CANDIDATES}], got {args.candidates}")
 

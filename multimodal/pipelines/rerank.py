@@ -32,7 +32,9 @@ if TYPE_CHECKING:   # nothing here needs the torch module itself: the CLI checks
     import torch
 
 MAX_CANDIDATES = 32          # drafts per output: the denoising batch grows K-fold
-DEFAULT_CANDIDATES = 4       # the CLI's K, chosen on the validation split (README, "Best of K drafts")
+# The CLI's K per kind, chosen on the validation split by accuracy per second of a whole command (docs/quality.md,
+# "How the default K was chosen"): images gain 2.2x at K = 4; videos gain nothing measurable at any K.
+DEFAULT_CANDIDATES = {"image": 4, "video": 1}
 
 
 def check_num_candidates(value: object) -> int:

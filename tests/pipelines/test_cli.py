@@ -51,6 +51,26 @@ def test_candidates(pipe, saved, tmp_path):
     np.testing.assert_array_equal(read_image(tmp_path / "best.png"), np.asarray(best))
 
 
+def test_default_candidates(pipe, saved, tmp_path):
+    """Without --candidates, images are the best of 4 drafts (DEFAULT_CANDIDATES["image"]), videos one draw."""
+    import torch
+
+    from multimodal.cli import build_parser
+    from multimodal.commands.generate import _check
+    from multimodal.pipelines.rerank import DEFAULT_CANDIDATES
+
+    assert DEFAULT_CANDIDATES == {"image": 4, "video": 1}
+    assert main(["generate-image", "a red circle", "-o", str(tmp_path / "default.png"), "--model", saved,
+                 "--steps", "2", "--seed", "5", "--no-progress"]) == 0
+    best = pipe("a red circle", num_inference_steps=2, generator=[torch.Generator().manual_seed(5)],
+                num_candidates=4).images[0]
+    np.testing.assert_array_equal(read_image(tmp_path / "default.png"), np.asarray(best))
+    for command, k in (("generate-image", 4), ("generate-video", 1)):
+        args = build_parser().parse_args([command, "x", "-o", "out"])
+        _check(args)
+        assert args.candidates == k
+
+
 @pytest.mark.parametrize("argv, message", [
     (["generate-image", "x", "-o", "a.png", "--model", "unshipped"], "built-in model 'unshipped' is not available"),
     (["generate-image", "x", "-o", "a.png", "--model", "nope"], "unknown model 'nope'"),
