@@ -6,7 +6,8 @@
 One optimizer update = `grad_accum` micro-batches, each of one task drawn by `TaskMix`; the mean loss is
 back-propagated, the global gradient norm clipped to `grad_clip`, the learning rate set by `WarmupCosine`, MoE
 router biases nudged towards balance (`balance.LoadTracker`). Forward passes run under bf16 autocast where the
-device supports it (`precision="auto"`: CUDA with bf16).
+device runs it faster (`precision="auto"`: CUDA with bf16, or a CPU where a matmul timed at start-up says so; see
+`precision`).
 
 Output folder `out`:
 
@@ -55,6 +56,7 @@ from .config import TrainConfig
 from .ema import EMA
 from .metrics import MetricsLog, plot_metrics, read_metrics
 from .optimizer import build_optimizer
+from .precision import choose_precision
 from .schedule import WarmupCosine
 from .tasks import TEXT_TASKS, SampleStream, TaskMix, TextTask, caption_of
 from .validation import validation_loss
@@ -77,12 +79,9 @@ def seed_everything(seed: int) -> None:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 when asked for, or under "auto" on a CUDA device that supports it; None means fp32 (no autocast)."""
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
+    """The autocast dtype a run with `precision` uses on `device` (None: fp32): see `precision.choose_precision`
+    (on a CPU, bf16 only where a timed matmul says it is faster)."""
+    return choose_precision(precision, device).dtype
 
 
 @dataclass
@@ -114,7 +113,10 @@ class Trainer:
         self.log = log
         self.step = 0
         self.stop_requested = False          # set from a signal handler for a clean stop with a checkpoint
-        self.amp_dtype = autocast_dtype(config.precision, self.device)
+        self.precision = choose_precision(config.precision, self.device)
+        self.amp_dtype = self.precision.dtype
+        if self.device.type == "cpu" and config.precision != "fp32":
+            self.log(self.precision.reason)            # once per run: what the timing decided, or the fallback
         self.skipped_items = 0
         self.train_seconds = 0.0             # seconds spent in updates, summed over resumes
         self._resume_from: Path | None = None

@@ -14,6 +14,7 @@ from PIL import Image
 from multimodal.training import checkpoint as ckpt
 from multimodal.training.checkpoint import CheckpointWriteError, latest_checkpoint
 from multimodal.training.metrics import read_metrics
+from multimodal.training.precision import bf16_speedup, choose_precision
 from multimodal.training.trainer import Trainer, autocast_dtype
 
 
@@ -132,14 +133,38 @@ def test_disk_full_during_a_run_keeps_the_previous_checkpoint(tmp_path, tiny_con
     assert Trainer(cfg, tmp_path / "r", resume=True, log=lambda s: None).step == 2
 
 
-def test_precision_choice_and_bf16_autocast_step(tmp_path, tiny_config):
-    assert autocast_dtype("auto", torch.device("cpu")) is None
-    assert autocast_dtype("fp32", torch.device("cpu")) is None
-    assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
-    trainer = Trainer(tiny_config.replace(precision="bf16", max_steps=2), tmp_path / "bf16", log=lambda s: None)
+def test_precision_choice_and_bf16_autocast_step(tmp_path, tiny_config, monkeypatch):
+    from multimodal.training import precision
+
+    cpu = torch.device("cpu")
+    assert autocast_dtype("fp32", cpu) is None
+    assert choose_precision("auto", cpu, speedup=3.0).dtype is torch.bfloat16       # a CPU with bf16 units
+    assert choose_precision("auto", cpu, speedup=1.0).dtype is None                 # no faster: fp32
+    assert choose_precision("bf16", cpu, speedup=0.8).dtype is torch.bfloat16       # asked for, not much slower
+    slow = choose_precision("bf16", cpu, speedup=0.01)                                # AVX2 only: ~100x slower
+    assert slow.dtype is None and "0.01x" in slow.reason and slow.reason.startswith("warning:")
+    with pytest.raises(ValueError, match="'fp16'"):
+        choose_precision("fp16", cpu)
+    measured = bf16_speedup("cpu", (64, 64, 64), 1)               # the real timing (tests/conftest.py patches the
+    # module's name, so that "auto" stays fp32 in other tests)
+    assert 0 < measured < float("inf")
+
+    monkeypatch.setattr(precision, "bf16_speedup", lambda *a, **k: 1.0)
+    lines: list[str] = []
+    trainer = Trainer(tiny_config.replace(precision="bf16", max_steps=2), tmp_path / "bf16", log=lines.append)
+    assert trainer.amp_dtype is torch.bfloat16 and lines[0].startswith("precision 'bf16': a bf16 matmul ran 1.00x")
     record = trainer.train_step()
     assert torch.isfinite(torch.tensor(record["loss"])) and record["loss"] > 0
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())   # master weights stay fp32
+    trainer.save()
+
+    monkeypatch.setattr(precision, "bf16_speedup", lambda *a, **k: 0.01)      # resumed on a CPU where bf16 is slow
+    lines.clear()
+    trainer = Trainer(tiny_config.replace(precision="bf16", max_steps=2), tmp_path / "bf16", resume=True,
+                      log=lines.append)
+    assert trainer.step == 1 and trainer.amp_dtype is None
+    assert len([line for line in lines if "training in fp32 instead" in line]) == 1
+    trainer.train_step()
 
 
 def test_muon_run_learns(tmp_path, tiny_config):

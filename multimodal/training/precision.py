@@ -1,0 +1,101 @@
+"""Which precision a training run computes in: bf16 autocast only where it is faster, decided by timing.
+
+CPUs differ more than their names say: one 2-core Xeon with AVX-512-BF16 / AMX ran the built-in model's bf16 autocast
+faster than fp32, another with AVX2 only ran bf16 matmuls ~100x slower. So on a CPU the choice is measured at
+start-up (`bf16_speedup`: one fp32 and one bf16-autocast matmul of a training-sized shape, timed a few times) rather
+than read from a preset flag:
+
+    precision  CUDA                                   CPU
+    "fp32"     fp32                                   fp32
+    "auto"     bf16 autocast if the GPU supports it   bf16 autocast if it times >= AUTO_MIN_SPEEDUP x fp32's speed
+    "bf16"     bf16 autocast                          bf16 autocast, unless it times < BF16_MIN_SPEEDUP x fp32's
+                                                      speed: then fp32, with one warning naming both speeds
+
+(the last row is what lets a run written for a bf16-capable CPU, e.g. the `shapes-demo` preset, resume on an
+AVX2-only one.) The timing costs well under a second on a fast CPU and about a second where bf16 is slow; it is
+measured once per process and device.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+AUTO_MIN_SPEEDUP = 1.1       # "auto" takes bf16 on a CPU only where it is clearly faster than fp32
+BF16_MIN_SPEEDUP = 0.5       # "bf16" falls back to fp32 on a CPU where bf16 is more than 2x slower
+MATMUL_SHAPE = (256, 512, 512)   # [M, K] @ [K, N]: a micro-batch of tokens through a tiny model's projection
+REPEATS = 3
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What a run computes in: `dtype` for autocast (None: fp32, no autocast), and why (one line for the log)."""
+
+    dtype: torch.dtype | None
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return "bf16 autocast" if self.dtype is not None else "fp32"
+
+
+def _seconds(fn, repeats: int) -> float:
+    fn()                                                      # warm-up: kernel selection, allocation
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@lru_cache(maxsize=None)
+def bf16_speedup(device_type: str = "cpu", shape: tuple[int, int, int] = MATMUL_SHAPE, repeats: int = REPEATS) -> float:
+    """fp32 matmul seconds / bf16-autocast matmul seconds on this machine's `device_type` (> 1: bf16 is faster).
+    Measured once per process for each argument set (the same fp32 inputs go through both paths)."""
+    m, k, n = shape
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(m, k, generator=gen).to(device_type)
+    b = torch.randn(k, n, generator=gen).to(device_type)
+    sync = torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
+
+    def fp32() -> None:
+        a @ b
+        sync()
+
+    def bf16() -> None:
+        with torch.autocast(device_type=device_type, dtype=torch.bfloat16):
+            a @ b
+        sync()
+
+    return _seconds(fp32, repeats) / max(_seconds(bf16, repeats), 1e-9)
+
+
+def choose_precision(precision: str, device: torch.device, speedup: float | None = None) -> PrecisionChoice:
+    """The autocast dtype for `precision` ("auto", "bf16", "fp32") on `device`; on a CPU, `speedup` (default: the
+    timed `bf16_speedup()`) decides "auto" and may overrule "bf16" (module docstring)."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be one of 'auto', 'bf16', 'fp32', got {precision!r}")
+    if precision == "fp32":
+        return PrecisionChoice(None, "precision 'fp32'")
+    if device.type == "cuda":
+        if precision == "bf16" or torch.cuda.is_bf16_supported():
+            return PrecisionChoice(torch.bfloat16, f"precision {precision!r} on CUDA")
+        return PrecisionChoice(None, "precision 'auto': this GPU does not support bf16")
+    if device.type != "cpu":
+        return PrecisionChoice(torch.bfloat16 if precision == "bf16" else None, f"precision {precision!r}")
+    speedup = bf16_speedup("cpu") if speedup is None else speedup
+    timed = f"a bf16 matmul ran {speedup:.2f}x fp32's speed on this CPU (timed at start-up)"
+    if precision == "auto":
+        if speedup >= AUTO_MIN_SPEEDUP:
+            return PrecisionChoice(torch.bfloat16, f"precision 'auto': {timed}")
+        return PrecisionChoice(None, f"precision 'auto': {timed}")
+    if speedup < BF16_MIN_SPEEDUP:
+        return PrecisionChoice(None, f"warning: precision 'bf16' asked for, but {timed}: training in fp32 instead")
+    return PrecisionChoice(torch.bfloat16, f"precision 'bf16': {timed}")
+
+
+__all__ = ["PrecisionChoice", "bf16_speedup", "choose_precision", "AUTO_MIN_SPEEDUP", "BF16_MIN_SPEEDUP"]
