@@ -140,7 +140,8 @@ class Trainer:
         kinds = ("mixed", "image", "video")
         if cfg.data == "world":
             from ..data.datasets import WorldDataConfig, WorldDataset
-            n_val = cfg.eval_batches * cfg.micro_batch_size
+            n_val = max(cfg.eval_batches * cfg.micro_batch_size,       # the loss batches, and the scored items
+                        cfg.score_samples_of("image"), cfg.score_samples_of("video"))
             train = {k: WorldDataset(WorldDataConfig(split="train", modality=k, length=cfg.train_samples))
                      for k in kinds}
             val = {k: WorldDataset(WorldDataConfig(split="validation", modality=k, length=n_val)) for k in kinds}
@@ -338,7 +339,7 @@ class Trainer:
         self.tasks = self.build_tasks()
         self.resident = self.build_resident_data()
         self.mix = TaskMix({n: cfg.tasks[n] for n in self.tasks}, cfg.seed)
-        if cfg.score_samples and self.trains_media:
+        if any(cfg.score_samples_of(k) for k in ("image", "video")) and self.trains_media:
             from .scoring import caption_scores, generation_accuracy
             self.evaluators[1:1] = [generation_accuracy, caption_scores]
         self.streams = {name: SampleStream(len(self.resident[name]) if name in self.resident else
