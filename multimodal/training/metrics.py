@@ -2,7 +2,9 @@
 
 Each line of `<out>/metrics.jsonl` is one JSON object with at least `step` and `kind` (`"train"` or `"eval"`).
 Train lines carry `loss`, `lr`, `grad_norm`, `tokens_per_s`, `steps_per_s`, `elapsed_s` and one `loss/<task>`
-per task seen in the step; eval lines carry `eval/<name>` values from the evaluators.
+per task seen in the step; eval lines carry `eval/<name>` values from the evaluators, and the training time spent so far
+(`train_minutes`: wall-clock minutes inside updates, evaluation and checkpoints excluded; `cpu_minutes`: the process's
+CPU time in them, all threads; both continue across resumes).
 
 On resume, `MetricsLog.truncate_after(step)` drops lines logged after the checkpoint the run continues from (a
 killed run may have logged a few steps it never saved), so the log of a resumed run reads like an uninterrupted

@@ -117,6 +117,7 @@ class Trainer:
         self.amp_dtype = autocast_dtype(config.precision, self.device)
         self.skipped_items = 0
         self.train_seconds = 0.0             # seconds spent in updates, summed over resumes
+        self.cpu_seconds = 0.0               # this process's CPU time (all threads) spent in updates, the same way
         self._resume_from: Path | None = None
         self.warm: WarmStart | None = None
         self._setup()
@@ -374,7 +375,8 @@ class Trainer:
             return None
         state = {"schedule": self.schedule.state_dict(),
                  "data": {name: s.state_dict() for name, s in self.streams.items()},
-                 "config": self.config.to_dict(), "train_seconds": self.train_seconds}
+                 "config": self.config.to_dict(), "train_seconds": self.train_seconds,
+                 "cpu_seconds": self.cpu_seconds}
         tensors = self.model_state()
         if self.ema is not None:
             tensors.update({EMA_PREFIX + k: v for k, v in self.ema.state_dict().items()})
@@ -397,6 +399,7 @@ class Trainer:
             stream.load_state_dict(state["data"][name])
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.cpu_seconds = float(state.get("cpu_seconds", 0.0))
         restore_rng(*rng_of(state, path))
         if self.is_main_process():
             dropped = self.metrics.truncate_after(self.step)
@@ -578,10 +581,11 @@ class Trainer:
                 if self.stop_requested:
                     stop_reason = "stop_requested"
                     break
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 record = self.train_step()
                 dt = time.perf_counter() - t0
                 self.train_seconds += dt
+                self.cpu_seconds += time.process_time() - c0
                 record.update(steps_per_s=1.0 / dt, tokens_per_s=record["tokens"] / dt,
                               elapsed_s=self.train_seconds)
                 last_loss = record["loss"]
@@ -610,7 +614,9 @@ class Trainer:
     def _eval_and_log(self) -> dict[str, float]:
         results = self.evaluate()
         if results and self.is_main_process():
-            self.metrics.write({"step": self.step, "kind": "eval", **results})
+            # the learning curve's x axis: training time so far (updates only: evaluation and checkpoints excluded)
+            self.metrics.write({"step": self.step, "kind": "eval", "train_minutes": self.train_seconds / 60,
+                                "cpu_minutes": self.cpu_seconds / 60, **results})
             self.log(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())))
         return results
 
