@@ -12,6 +12,7 @@ Output folder `out`:
 
     train_config.json   the run's TrainConfig        model_config.json   the backbone's BackboneConfig
     tokenizer.json      the BPE trained on the data  metrics.jsonl, metrics.png   curves (see `metrics`)
+    learning_curve.png  scores against training minutes, when `score_samples` is set (see `learning_curve`)
     checkpoints/        training state (see `checkpoint`), the newest `keep_checkpoints` of them
     model/              the final weights for inference (`convert.checkpoint.save_pretrained` + tokenizer.json)
 
@@ -53,6 +54,7 @@ from .balance import LoadTracker
 from .checkpoint import latest_checkpoint, load_checkpoint, restore_rng, rng_of, save_checkpoint
 from .config import TrainConfig
 from .ema import EMA
+from .learning_curve import learning_curve_panels, plot_learning_curve
 from .metrics import MetricsLog, plot_metrics, read_metrics
 from .optimizer import build_optimizer
 from .schedule import WarmupCosine
@@ -545,6 +547,8 @@ class Trainer:
             records = read_metrics(self.metrics.path)
             if any(r.get("kind") == "train" for r in records):
                 plot_metrics(records, self.out / "metrics.png")
+            if learning_curve_panels(records):                # the scorer evaluators ran
+                plot_learning_curve(records, self.out / "learning_curve.png")
 
     def export(self) -> Path | None:
         """Write the final weights for inference: a language-model run writes `out/model/` (Hugging Face layout +

@@ -139,6 +139,7 @@ def test_eval_records_carry_training_time_and_resume_continues_it(tmp_path, tiny
     after = [r for r in read_metrics(tmp_path / "cut" / "metrics.jsonl") if r["kind"] == "eval"]
     assert [r["step"] for r in after] == [3, 6] and after[0] == evals[0]
     assert after[1]["train_minutes"] > after[0]["train_minutes"] and after[1]["cpu_minutes"] > after[0]["cpu_minutes"]
+    assert not (tmp_path / "cut" / "learning_curve.png").exists()           # nothing scored: no learning curve
 
 
 def test_disk_full_during_a_run_keeps_the_previous_checkpoint(tmp_path, tiny_config, monkeypatch):

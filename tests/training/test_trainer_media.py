@@ -8,6 +8,7 @@ import json
 import shutil
 
 import torch
+from PIL import Image
 
 from multimodal.cli import main
 from multimodal.model import UnifiedModel
@@ -51,6 +52,8 @@ def test_every_task_trains_and_the_model_reloads(tmp_path, tiny_config, autoenco
         "eval/scored/text_to_video": 1, "eval/scored/video_to_text": 1}
     assert len({trainer.val_data["image"][i]["seed"] for i in range(3)}) == 3
     assert final["train_minutes"] == trainer.train_seconds / 60
+    with Image.open(tmp_path / "mix" / "learning_curve.png") as img:        # the three score families
+        assert img.size == (900, 3 * 240)
     assert all(torch.equal(v, trainer.autoencoder.state_dict()[k]) for k, v in frozen.items())
     pipe = ImageCaptionPipeline.from_pretrained(tmp_path / "mix" / "pipeline")
     for key, value in trainer.model.state_dict().items():
