@@ -6,6 +6,7 @@
 
 from .checkpoint import CheckpointWriteError, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TASK_NAMES, TRAIN_PRESETS, TrainConfig, train_preset
+from .learning_curve import plot_learning_curve
 from .metrics import MetricsLog, plot_metrics, read_metrics
 from .schedule import WarmupCosine
 from .trainer import Trainer, TrainResult
@@ -21,6 +22,7 @@ __all__ = [
     "WarmupCosine",
     "latest_checkpoint",
     "load_checkpoint",
+    "plot_learning_curve",
     "plot_metrics",
     "read_metrics",
     "save_checkpoint",

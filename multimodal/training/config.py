@@ -85,7 +85,9 @@ class TrainConfig:
     log_every: int = 1
     eval_every: int = 100                      # 0 disables periodic evaluation
     eval_batches: int = 4
-    score_samples: int = 0                     # media runs: validation samples per task scored at each evaluation
+    score_samples: int | dict[str, int] = 0    # media runs: validation items per task scored with the world's scorer at
+                                               # each evaluation (0: none); {"image": N, "video": M} sizes image and
+                                               # clip tasks apart (the learning curve: 100 images, 50 clips)
     score_steps: int = 8                       # denoising steps of the scored generations
     score_guidance: float = 3.0                # classifier-free guidance of the scored generations
     save_every: int = 100                      # 0 = only at the end of the run
@@ -118,7 +120,11 @@ class TrainConfig:
               f"latent_cache must be an integer >= 0 (or a dict of them), got {self.latent_cache!r}")
         check(not self.resident_data or any(self.latent_cache_items(k) for k in ("image", "video")),
               "resident_data needs latent_cache (the latents it keeps on the device)")
-        for name in ("warmup_steps", "log_every", "eval_every", "save_every", "score_samples", "data_workers"):
+        scored = self.score_samples if isinstance(self.score_samples, dict) else {"image": self.score_samples}
+        check(not set(scored) - {"image", "video"} and all(isinstance(v, int) and v >= 0 for v in scored.values()),
+              f"score_samples must be an integer >= 0, or a dict of them for 'image' / 'video', got "
+              f"{self.score_samples!r}")
+        for name in ("warmup_steps", "log_every", "eval_every", "save_every", "data_workers"):
             check(int(getattr(self, name)) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         check(self.seq_len >= 4, f"seq_len must be >= 4, got {self.seq_len}")
         check(self.vocab_size >= 265, f"vocab_size must be >= 265 (256 bytes + 9 specials), got {self.vocab_size}")
@@ -162,6 +168,12 @@ class TrainConfig:
         if isinstance(self.latent_cache, dict):
             return int(self.latent_cache.get(kind, 0))
         return int(self.latent_cache)
+
+    def score_samples_of(self, kind: str) -> int:
+        """How many validation items of `kind` ("image" / "video") each scored evaluation uses (0: none)."""
+        if isinstance(self.score_samples, dict):
+            return int(self.score_samples.get(kind, 0))
+        return int(self.score_samples)
 
     @property
     def batch_size(self) -> int:

@@ -184,7 +184,8 @@ class DistributedTrainer(Trainer):
         root = self.out / "checkpoints"
         state = {"step": self.step, "schedule": self.schedule.state_dict(),
                  "data": {name: s.state_dict() for name, s in self.streams.items()},
-                 "config": self.config.to_dict(), "train_seconds": self.train_seconds}
+                 "config": self.config.to_dict(), "train_seconds": self.train_seconds,
+                 "cpu_seconds": self.cpu_seconds}
         path = save_checkpoint(root / step_dir_name(self.step), self.model, self.optimizer, self.ctx, state)
         if self.is_main_process():
             pointer = root / f"{TMP_PREFIX}{LATEST}"
@@ -205,6 +206,7 @@ class DistributedTrainer(Trainer):
             stream.load_state_dict(state["data"][name])
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.cpu_seconds = float(state.get("cpu_seconds", 0.0))
         if self.is_main_process():
             dropped = self.metrics.truncate_after(self.step)
             self.log(f"resumed from {path} at step {self.step} (saved on {state.get('world_size', '?')} ranks, "

@@ -2,12 +2,14 @@
 
 Each line of `<out>/metrics.jsonl` is one JSON object with at least `step` and `kind` (`"train"` or `"eval"`).
 Train lines carry `loss`, `lr`, `grad_norm`, `tokens_per_s`, `steps_per_s`, `elapsed_s` and one `loss/<task>`
-per task seen in the step; eval lines carry `eval/<name>` values from the evaluators.
+per task seen in the step; eval lines carry `eval/<name>` values from the evaluators, and the training time spent so far
+(`train_minutes`: wall-clock minutes inside updates, evaluation and checkpoints excluded; `cpu_minutes`: the process's
+CPU time in them, all threads; both continue across resumes), the x axis of `learning_curve`.
 
 On resume, `MetricsLog.truncate_after(step)` drops lines logged after the checkpoint the run continues from (a
 killed run may have logged a few steps it never saved), so the log of a resumed run reads like an uninterrupted
 one. `plot_metrics` draws the curves with Pillow alone (no plotting library): one panel per series group, shared
-step axis, min/max labels on the y axis.
+step axis, min/max labels on the y axis; `draw_panels` is the drawing both plots share.
 """
 
 from __future__ import annotations
@@ -97,7 +99,10 @@ def _fmt(v: float) -> str:
 
 
 def _draw_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title: str,
-                lines: list[tuple[str, list[tuple[float, float]]]], font: ImageFont.ImageFont) -> None:
+                lines: list[tuple[str, list[tuple[float, float]]]], font: ImageFont.ImageFont, x_name: str = "step",
+                y_range: tuple[float, float] | None = None, markers: bool = False) -> None:
+    """One panel: `lines` of (label, [(x, y)]) in a box; y spans the data, or at least `y_range`; `markers` marks
+    every point (always done for labels with "eval": sparse points)."""
     left, top, right, bottom = box
     # title, then the legend wrapped over as many 12-px rows as it needs
     draw.text((left + 4, top + 2), title, fill=(0, 0, 0), font=font)
@@ -116,6 +121,8 @@ def _draw_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title
     ys = [y for _, pts in lines for _, y in pts]
     xmin, xmax = min(xs), max(xs)
     ymin, ymax = min(ys), max(ys)
+    if y_range is not None:
+        ymin, ymax = min(ymin, y_range[0]), max(ymax, y_range[1])
     if xmax == xmin:
         xmax = xmin + 1
     if ymax == ymin:
@@ -129,8 +136,9 @@ def _draw_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title
         draw.line((x0, gy, x1, gy), fill=(225, 225, 225))
     draw.text((left + 2, y0 - 4), _fmt(ymax), fill=(0, 0, 0), font=font)
     draw.text((left + 2, y1 - 8), _fmt(ymin), fill=(0, 0, 0), font=font)
-    draw.text((x0, y1 + 4), f"step {int(xmin)}", fill=(0, 0, 0), font=font)
-    last = f"{int(xmax)}"
+    whole = x_name == "step"
+    draw.text((x0, y1 + 4), f"{x_name} {int(xmin) if whole else _fmt(xmin)}", fill=(0, 0, 0), font=font)
+    last = f"{int(xmax)}" if whole else _fmt(xmax)
     draw.text((x1 - 6 * len(last), y1 + 4), last, fill=(0, 0, 0), font=font)
     for i, (label, pts) in enumerate(lines):
         colour = COLOURS[i % len(COLOURS)]
@@ -140,7 +148,7 @@ def _draw_panel(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], title
             draw.ellipse((cx - 2, cy - 2, cx + 2, cy + 2), fill=colour)
         else:
             draw.line(px, fill=colour, width=2)
-        if any(x in label for x in ("eval",)):                              # eval points are sparse: mark them
+        if markers or "eval" in label:                                      # eval points are sparse: mark them
             for cx, cy in px:
                 draw.ellipse((cx - 2, cy - 2, cx + 2, cy + 2), outline=colour)
 
@@ -152,11 +160,19 @@ def plot_metrics(records: list[dict[str, Any]], path: str | Path, width: int = 9
     panels = _panels(records)
     if not panels:
         raise ValueError("no train records with a loss to plot")
+    return draw_panels(panels, path, width, panel_height)
+
+
+def draw_panels(panels: list[tuple[str, list[tuple[str, list[tuple[float, float]]]]]], path: str | Path,
+                width: int = 900, panel_height: int = 240, x_name: str = "step",
+                y_range: tuple[float, float] | None = None, markers: bool = False) -> Path:
+    """Draw (title, [(label, points)]) panels one above the other into a PNG at `path` (atomically)."""
     image = Image.new("RGB", (width, panel_height * len(panels)), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
     for i, (title, lines) in enumerate(panels):
-        _draw_panel(draw, (0, i * panel_height, width, (i + 1) * panel_height), title, lines, font)
+        _draw_panel(draw, (0, i * panel_height, width, (i + 1) * panel_height), title, lines, font, x_name,
+                    y_range, markers)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.png")
     image.save(tmp, format="PNG")

@@ -1,7 +1,8 @@
 """Scorer evaluators: what the quality table measures, on validation samples, during training.
 
-Enabled by `TrainConfig.score_samples > 0` on runs that train the unified model; each scores the first
-`score_samples` validation items of every generation and captioning task in the mix:
+Enabled by `TrainConfig.score_samples` on runs that train the unified model; each scores the first
+`score_samples_of(kind)` validation items (the same items at every evaluation; all of them when the validation data
+holds fewer) of every generation and captioning task in the mix, and logs how many as `scored/<task>`:
 
 - `generation_accuracy` (`text_to_image`, `text_to_video`): the trainer's model, tokenizer and autoencoder are put in
   a `TextToImagePipeline` / `TextToVideoPipeline` with a flow-matching Euler scheduler; each validation caption is
@@ -29,15 +30,19 @@ if TYPE_CHECKING:
     from .trainer import Trainer
 
 CAPTION_TOKENS = 32              # longest world caption is ~20 tokens
+CAPTION_BATCH = 16               # validation images / clips encoded and captioned at once
 
 
-def _scored(trainer: "Trainer", mode: str) -> list[tuple[str, str]]:
-    """(task name, kind) of the run's tasks in `mode` ("generate" / "caption") with validation items."""
+def _scored(trainer: "Trainer", mode: str) -> list[tuple[str, str, int]]:
+    """(task name, kind, items to score) of the run's tasks in `mode` ("generate" / "caption") with validation items
+    and a score count > 0."""
     out = []
     for name in sorted(trainer.tasks):
         kind, task_mode = MEDIA_TASKS.get(name, (None, None))
-        if task_mode == mode and trainer.val_data.get(kind) is not None:
-            out.append((name, kind))
+        data = trainer.val_data.get(kind) if task_mode == mode else None
+        n = min(trainer.config.score_samples_of(kind), len(data)) if data is not None else 0
+        if n > 0:
+            out.append((name, kind, n))
     return out
 
 
@@ -61,10 +66,10 @@ def generation_accuracy(trainer: "Trainer") -> dict[str, float]:
     cfg = trainer.config
     settings = QualitySettings(steps=cfg.score_steps, guidance=cfg.score_guidance, seed=0, batch_size=1)
     results: dict[str, float] = {}
-    for name, kind in _scored(trainer, "generate"):
-        captions = validation_items(trainer.val_data[kind], False, cfg.score_samples, 0)
+    for name, kind, n in _scored(trainer, "generate"):
+        captions = validation_items(trainer.val_data[kind], False, n, 0)
         rows, _ = generation_rows(generation_pipeline(trainer, kind), kind, captions, settings)
-        results[f"accuracy/{name}"] = rows["overall"]["accuracy"]
+        results.update({f"accuracy/{name}": rows["overall"]["accuracy"], f"scored/{name}": float(len(captions))})
     return results
 
 
@@ -73,19 +78,22 @@ def caption_scores(trainer: "Trainer") -> dict[str, float]:
     from ..decoders.text import GenerationConfig
     from ..eval.metrics import score_captions
 
-    cfg = trainer.config
     tok = trainer.tokenizer
     gen_cfg = GenerationConfig(max_new_tokens=CAPTION_TOKENS, do_sample=False, eos_token_id=tok.eos_id,
                                vocab_limit=tok.vocab_size)
     results: dict[str, float] = {}
-    for name, kind in _scored(trainer, "caption"):
-        items = validation_items(trainer.val_data[kind], True, cfg.score_samples, 0)
+    for name, kind, n in _scored(trainer, "caption"):
+        items = validation_items(trainer.val_data[kind], True, n, 0)
         frames = min(int(item["pixels"].shape[1]) for item in items)
-        pixels = torch.stack([item["pixels"][:, :frames] for item in items]).to(trainer.device)
-        latents = encode_latents(trainer.autoencoder, pixels).to(trainer.model.dtype)  # [B, C, T', h, w]
-        samples = trainer.model.caption_samples(list(latents), kind)
-        out = trainer.model.generate_text(samples, gen_cfg, None, tok.decode)
-        scores = score_captions([t.strip() for t in out.text], [item["caption"] for item in items])
+        texts: list[str] = []
+        for start in range(0, len(items), CAPTION_BATCH):            # bounded memory for 100 images / 50 clips
+            chunk = items[start:start + CAPTION_BATCH]
+            pixels = torch.stack([item["pixels"][:, :frames] for item in chunk]).to(trainer.device)
+            latents = encode_latents(trainer.autoencoder, pixels).to(trainer.model.dtype)  # [B, C, T', h, w]
+            samples = trainer.model.caption_samples(list(latents), kind)
+            texts += [t.strip() for t in trainer.model.generate_text(samples, gen_cfg, None, tok.decode).text]
+        scores = score_captions(texts, [item["caption"] for item in items])
         results.update({f"exact/{name}": scores.exact, f"slot_f1/{name}": scores.slot_f1,
-                        f"bleu4/{name}": scores.bleu4, f"cider_d/{name}": scores.cider_d})
+                        f"bleu4/{name}": scores.bleu4, f"cider_d/{name}": scores.cider_d,
+                        f"scored/{name}": float(len(items))})
     return results

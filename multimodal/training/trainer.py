@@ -13,6 +13,7 @@ Output folder `out`:
 
     train_config.json   the run's TrainConfig        model_config.json   the backbone's BackboneConfig
     tokenizer.json      the BPE trained on the data  metrics.jsonl, metrics.png   curves (see `metrics`)
+    learning_curve.png  scores against training minutes, when `score_samples` is set (see `learning_curve`)
     checkpoints/        training state (see `checkpoint`), the newest `keep_checkpoints` of them
     model/              the final weights for inference (`convert.checkpoint.save_pretrained` + tokenizer.json)
 
@@ -54,6 +55,7 @@ from .balance import LoadTracker
 from .checkpoint import latest_checkpoint, load_checkpoint, restore_rng, rng_of, save_checkpoint
 from .config import TrainConfig
 from .ema import EMA
+from .learning_curve import learning_curve_panels, plot_learning_curve
 from .metrics import MetricsLog, plot_metrics, read_metrics
 from .optimizer import build_optimizer
 from .precision import choose_precision
@@ -119,6 +121,7 @@ class Trainer:
             self.log(self.precision.reason)            # once per run: what the timing decided, or the fallback
         self.skipped_items = 0
         self.train_seconds = 0.0             # seconds spent in updates, summed over resumes
+        self.cpu_seconds = 0.0               # this process's CPU time (all threads) spent in updates, the same way
         self._resume_from: Path | None = None
         self.warm: WarmStart | None = None
         self._setup()
@@ -142,7 +145,8 @@ class Trainer:
         kinds = ("mixed", "image", "video")
         if cfg.data == "world":
             from ..data.datasets import WorldDataConfig, WorldDataset
-            n_val = cfg.eval_batches * cfg.micro_batch_size
+            n_val = max(cfg.eval_batches * cfg.micro_batch_size,       # the loss batches, and the scored items
+                        cfg.score_samples_of("image"), cfg.score_samples_of("video"))
             train = {k: WorldDataset(WorldDataConfig(split="train", modality=k, length=cfg.train_samples))
                      for k in kinds}
             val = {k: WorldDataset(WorldDataConfig(split="validation", modality=k, length=n_val)) for k in kinds}
@@ -340,7 +344,7 @@ class Trainer:
         self.tasks = self.build_tasks()
         self.resident = self.build_resident_data()
         self.mix = TaskMix({n: cfg.tasks[n] for n in self.tasks}, cfg.seed)
-        if cfg.score_samples and self.trains_media:
+        if any(cfg.score_samples_of(k) for k in ("image", "video")) and self.trains_media:
             from .scoring import caption_scores, generation_accuracy
             self.evaluators[1:1] = [generation_accuracy, caption_scores]
         self.streams = {name: SampleStream(len(self.resident[name]) if name in self.resident else
@@ -375,7 +379,8 @@ class Trainer:
             return None
         state = {"schedule": self.schedule.state_dict(),
                  "data": {name: s.state_dict() for name, s in self.streams.items()},
-                 "config": self.config.to_dict(), "train_seconds": self.train_seconds}
+                 "config": self.config.to_dict(), "train_seconds": self.train_seconds,
+                 "cpu_seconds": self.cpu_seconds}
         tensors = self.model_state()
         if self.ema is not None:
             tensors.update({EMA_PREFIX + k: v for k, v in self.ema.state_dict().items()})
@@ -398,6 +403,7 @@ class Trainer:
             stream.load_state_dict(state["data"][name])
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.cpu_seconds = float(state.get("cpu_seconds", 0.0))
         restore_rng(*rng_of(state, path))
         if self.is_main_process():
             dropped = self.metrics.truncate_after(self.step)
@@ -543,6 +549,8 @@ class Trainer:
             records = read_metrics(self.metrics.path)
             if any(r.get("kind") == "train" for r in records):
                 plot_metrics(records, self.out / "metrics.png")
+            if learning_curve_panels(records):                # the scorer evaluators ran
+                plot_learning_curve(records, self.out / "learning_curve.png")
 
     def export(self) -> Path | None:
         """Write the final weights for inference: a language-model run writes `out/model/` (Hugging Face layout +
@@ -579,10 +587,11 @@ class Trainer:
                 if self.stop_requested:
                     stop_reason = "stop_requested"
                     break
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 record = self.train_step()
                 dt = time.perf_counter() - t0
                 self.train_seconds += dt
+                self.cpu_seconds += time.process_time() - c0
                 record.update(steps_per_s=1.0 / dt, tokens_per_s=record["tokens"] / dt,
                               elapsed_s=self.train_seconds)
                 last_loss = record["loss"]
@@ -611,7 +620,9 @@ class Trainer:
     def _eval_and_log(self) -> dict[str, float]:
         results = self.evaluate()
         if results and self.is_main_process():
-            self.metrics.write({"step": self.step, "kind": "eval", **results})
+            # the learning curve's x axis: training time so far (updates only: evaluation and checkpoints excluded)
+            self.metrics.write({"step": self.step, "kind": "eval", "train_minutes": self.train_seconds / 60,
+                                "cpu_minutes": self.cpu_seconds / 60, **results})
             self.log(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(results.items())))
         return results
 

@@ -43,6 +43,7 @@ def test_max_time_stops_cleanly_with_a_checkpoint(tmp_path, capsys):
 
 @pytest.mark.parametrize("args,message", [
     (["--config", "{cfg_bad}"], "unknown TrainConfig keys: ['batch', 'learning_rate']"),
+    (["--config", "{cfg_mix}"], "unknown tasks ['image_to_speech']"),
     (["--config", "{cfg_ok}", "--preset", "debug"], "pass either --config or --preset"),
     (["--preset", "enormous"], "unknown training preset 'enormous'"),
     (["--config", "{missing}"], "training config not found"),
@@ -52,7 +53,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"learning_rate": 1.0, "batch": 3}))
     ok = _config(tmp_path)
-    names = {"cfg_bad": bad, "cfg_ok": ok, "missing": tmp_path / "nope.json"}
+    mix = tmp_path / "mix.json"                           # a mix naming a task the trainer does not have
+    mix.write_text(json.dumps({**json.loads(ok.read_text()), "tasks": {"text": 1.0, "image_to_speech": 0.5}}))
+    names = {"cfg_bad": bad, "cfg_ok": ok, "cfg_mix": mix, "missing": tmp_path / "nope.json"}
     args = [a.format(**names) for a in args]
     assert main(["train", *args, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()

@@ -53,6 +53,16 @@ def test_presets():
         train_preset("huge")
 
 
+def test_score_samples_per_kind():
+    cfg = TrainConfig(tasks={"text_to_image": 1.0}, score_samples={"image": 100, "video": 50})
+    assert (cfg.score_samples_of("image"), cfg.score_samples_of("video")) == (100, 50)
+    assert TrainConfig(score_samples={"image": 8}).score_samples_of("video") == 0
+    assert TrainConfig(score_samples=4).score_samples_of("video") == 4
+    for bad in ({"audio": 3}, {"image": -1}, -2, {"video": 1.5}):
+        with pytest.raises(ValueError, match="score_samples must be an integer >= 0"):
+            TrainConfig(score_samples=bad)
+
+
 def test_schedule_warmup_peak_cosine_floor():
     s = WarmupCosine(peak_lr=1.0, warmup_steps=4, total_steps=14, min_lr_ratio=0.1)
     assert [s.lr_at(i) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]

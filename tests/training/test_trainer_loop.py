@@ -112,6 +112,37 @@ def test_resume_in_process_continues_exactly(tmp_path, tiny_config):
     assert _losses(tmp_path / "cut") == _losses(tmp_path / "full")       # log truncated, then the same steps
 
 
+def test_eval_records_carry_training_time_and_resume_continues_it(tmp_path, tiny_config):
+    """`train_minutes` / `cpu_minutes` of an eval line = the time inside updates so far: the train line of the same
+    step's `elapsed_s`, evaluation excluded, and a resumed run continues the count from its checkpoint."""
+    cfg = tiny_config.replace(max_steps=6, eval_every=3, save_every=3, keep_checkpoints=3)
+    full = Trainer(cfg, tmp_path / "full", log=lambda s: None)
+    result = full.train()
+    records = read_metrics(tmp_path / "full" / "metrics.jsonl")
+    train = {r["step"]: r for r in records if r["kind"] == "train"}
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [3, 6]
+    for r in evals:
+        assert r["train_minutes"] * 60 == pytest.approx(train[r["step"]]["elapsed_s"], rel=1e-12)
+        assert r["cpu_minutes"] > 0
+    assert 0 < evals[0]["train_minutes"] < evals[1]["train_minutes"] == pytest.approx(result.train_seconds / 60)
+    assert evals[0]["cpu_minutes"] < evals[1]["cpu_minutes"]
+    # the evaluation at step 3 is not counted: step 4 adds exactly its own update time
+    assert train[4]["elapsed_s"] - train[3]["elapsed_s"] == pytest.approx(1 / train[4]["steps_per_s"], rel=1e-6)
+
+    shutil.copytree(tmp_path / "full", tmp_path / "cut")
+    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step_00000006")   # as if the run died after step 3's save
+    (tmp_path / "cut" / "checkpoints" / "latest").unlink()
+    resumed = Trainer(cfg, tmp_path / "cut", resume=True, log=lambda s: None)
+    assert resumed.train_seconds == pytest.approx(evals[0]["train_minutes"] * 60, rel=1e-12)
+    assert resumed.cpu_seconds == pytest.approx(evals[0]["cpu_minutes"] * 60, rel=1e-12)
+    resumed.train()
+    after = [r for r in read_metrics(tmp_path / "cut" / "metrics.jsonl") if r["kind"] == "eval"]
+    assert [r["step"] for r in after] == [3, 6] and after[0] == evals[0]
+    assert after[1]["train_minutes"] > after[0]["train_minutes"] and after[1]["cpu_minutes"] > after[0]["cpu_minutes"]
+    assert not (tmp_path / "cut" / "learning_curve.png").exists()           # nothing scored: no learning curve
+
+
 def test_disk_full_during_a_run_keeps_the_previous_checkpoint(tmp_path, tiny_config, monkeypatch):
     cfg = tiny_config.replace(max_steps=4, save_every=2)
     trainer = Trainer(cfg, tmp_path / "r", log=lambda s: None)

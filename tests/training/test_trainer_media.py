@@ -8,6 +8,7 @@ import json
 import shutil
 
 import torch
+from PIL import Image
 
 from multimodal.cli import main
 from multimodal.model import UnifiedModel
@@ -27,7 +28,10 @@ def _mix(tiny_config, autoencoder_file, **changes):
 
 
 def test_every_task_trains_and_the_model_reloads(tmp_path, tiny_config, autoencoder_file):
-    cfg = _mix(tiny_config, autoencoder_file, max_steps=6, eval_every=6, score_samples=2, score_steps=2)
+    # more scored images than the loss batches' validation items (eval_batches * micro_batch_size = 2): the split
+    # grows to hold them, so all 3 are distinct
+    cfg = _mix(tiny_config, autoencoder_file, max_steps=6, eval_every=6, score_samples={"image": 3, "video": 1},
+               score_steps=2)
     trainer = Trainer(cfg, tmp_path / "mix", log=lambda s: None)
     assert isinstance(trainer.model, UnifiedModel)
     assert not any(p.requires_grad for p in trainer.autoencoder.parameters())
@@ -43,6 +47,13 @@ def test_every_task_trains_and_the_model_reloads(tmp_path, tiny_config, autoenco
         assert 0.0 <= final[f"eval/accuracy/{name}"] <= 1.0
     for name in ("image_to_text", "video_to_text"):
         assert {f"eval/{m}/{name}" for m in ("exact", "slot_f1", "bleu4", "cider_d")} <= set(final)
+    assert {k: v for k, v in final.items() if k.startswith("eval/scored/")} == {
+        "eval/scored/text_to_image": 3, "eval/scored/image_to_text": 3,
+        "eval/scored/text_to_video": 1, "eval/scored/video_to_text": 1}
+    assert len({trainer.val_data["image"][i]["seed"] for i in range(3)}) == 3
+    assert final["train_minutes"] == trainer.train_seconds / 60
+    with Image.open(tmp_path / "mix" / "learning_curve.png") as img:        # the three score families
+        assert img.size == (900, 3 * 240)
     assert all(torch.equal(v, trainer.autoencoder.state_dict()[k]) for k, v in frozen.items())
     pipe = ImageCaptionPipeline.from_pretrained(tmp_path / "mix" / "pipeline")
     for key, value in trainer.model.state_dict().items():

@@ -1,0 +1,61 @@
+"""The learning curve: what the model can do, per task, against the training time spent.
+
+With `TrainConfig.score_samples` set, every evaluation of a media run scores fixed validation items with the world's
+scorer (`scoring`), and its line of `metrics.jsonl` carries the training time so far (`train_minutes`, evaluation
+excluded; see `metrics`). `plot_learning_curve` draws those scores into `<out>/learning_curve.png`, next to
+`metrics.png`: one panel per score family, one line per task, x = training minutes, y from 0 to 1:
+
+    generation accuracy      eval/accuracy/<task>   (text_to_image, text_to_video: every clause in the pixels)
+    caption exact match      eval/exact/<task>      (image_to_text, video_to_text)
+    caption slot F1          eval/slot_f1/<task>
+
+The x axis is wall-clock minutes inside updates, so two runs on the same machine compare by what they learned per
+minute of training, however often they evaluated; `cpu_minutes` (process CPU time) is in the same records.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from .metrics import draw_panels
+
+FAMILIES = (("generation accuracy", "accuracy"), ("caption exact match", "exact"), ("caption slot F1", "slot_f1"))
+TIME_KEY = "train_minutes"
+
+Panel = tuple[str, list[tuple[str, list[tuple[float, float]]]]]
+
+
+def learning_curve_panels(records: list[dict[str, Any]], x_key: str = TIME_KEY) -> list[Panel]:
+    """(title, [(task, [(minutes, score)])]) per score family present in the eval records that carry `x_key`;
+    empty when no evaluation was scored."""
+    evals = [r for r in records if r.get("kind") == "eval" and x_key in r]
+    panels: list[Panel] = []
+    for title, family in FAMILIES:
+        prefix = f"eval/{family}/"
+        tasks = sorted({k[len(prefix):] for r in evals for k in r if k.startswith(prefix)})
+        lines = []
+        for task in tasks:
+            pts = [(float(r[x_key]), float(r[prefix + task])) for r in evals if prefix + task in r]
+            pts = [(x, y) for x, y in pts if math.isfinite(x) and math.isfinite(y)]
+            if pts:
+                lines.append((task, pts))
+        if lines:
+            panels.append((title, lines))
+    return panels
+
+
+def plot_learning_curve(records: list[dict[str, Any]], path: str | Path, width: int = 900,
+                        panel_height: int = 240) -> Path:
+    """Draw the scores of the eval records against training minutes into a PNG at `path` (atomically).
+
+    Raises ValueError when no eval record carries a score and the training time."""
+    panels = learning_curve_panels(records)
+    if not panels:
+        raise ValueError(f"no scored eval records with {TIME_KEY!r} to plot (set score_samples)")
+    return draw_panels(panels, path, width, panel_height, x_name="training min", y_range=(0.0, 1.0),
+                       markers=True)
+
+
+__all__ = ["learning_curve_panels", "plot_learning_curve", "FAMILIES"]
