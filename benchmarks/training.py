@@ -12,7 +12,10 @@ recipe's. All recipes are built first; then for every task the script times one 
 (`--repeats` times after `--warmup`; samples/s = micro-batch / median time), then whole optimizer updates
 (`Trainer.train_step`: micro-batches of the drawn tasks, clipping, AdamW, EMA, router biases) for updates/s and
 samples/s, round-robin over the recipes within each repeat, so that drift and background load fall on all alike.
-`--micro-batches` adds the last recipe at other micro-batch sizes.
+`--micro-batches` adds the last recipe at other micro-batch sizes. Options appended to a preset's name with `+`:
+`resident` (resident_data on), `patch2` (both flow heads at patch size 2: a quarter of the head tokens; the heads
+start from random weights, since the shipped ones are patch size 1, which changes no shape or time), `fp32` / `bf16`
+(that precision instead of the preset's).
 
 MFU: model FLOPs per sample of each task are counted once by `torch.utils.flop_counter.FlopCounterMode` on the
 PyTorch reference ops (the Triton kernels are invisible to it) at a small batch, forward + backward; the achieved
@@ -41,7 +44,8 @@ def _parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--recipes", default="shapes-demo,shapes-gpu",
-                   help="comma-separated training presets; NAME+resident: the preset with resident_data on")
+                   help="comma-separated training presets, each with +options: resident, patch2, fp32, bf16 "
+                        "(see the module docstring)")
     p.add_argument("--micro-batches", default="", help="comma-separated micro-batch sizes for the last recipe")
     p.add_argument("--cache", default="4096,1024", help="cached image,video items per recipe (bounds setup time)")
     p.add_argument("--warmup", type=int, default=2)
@@ -73,12 +77,10 @@ def _reference_kernels():
 
 
 def _config(name: str, args, device, micro: int | None, out: Path):
-    """The recipe `name` (a training preset; `+resident` appended turns resident_data on) at benchmark size."""
+    """The recipe `name` (a training preset, with `+options`: see the module docstring) at benchmark size."""
     from multimodal.training.config import train_preset
     preset_name, *options = name.split("+")
     cfg = train_preset(preset_name)
-    if "resident" in options:
-        cfg = cfg.replace(resident_data=True)
     images, videos = (int(x) for x in args.cache.split(","))
     changes = dict(device=str(device), progress=False, eval_every=0, save_every=0, score_samples=0,
                    latent_cache={"image": images, "video": videos}, max_steps=1000, warmup_steps=1,
@@ -90,7 +92,19 @@ def _config(name: str, args, device, micro: int | None, out: Path):
         changes["micro_batch_size"] = micro
     if device.type == "cpu":
         changes["data_workers"] = 0
-    return cfg.replace(**changes)
+    cfg = cfg.replace(**changes)
+    unknown = set(options) - {"resident", "patch2", "fp32", "bf16"}
+    if unknown:
+        raise ValueError(f"recipe {name!r}: unknown option(s) {sorted(unknown)}; use resident, patch2, fp32, bf16")
+    if "resident" in options:
+        cfg = cfg.replace(resident_data=True)
+    if "patch2" in options:
+        heads = {kind: {**cfg.flow_head.get(kind, {}), "patch_size": 2} for kind in ("image", "video")}
+        cfg = cfg.replace(flow_head=heads, init_from="")
+    for precision in ("fp32", "bf16"):
+        if precision in options:
+            cfg = cfg.replace(precision=precision)
+    return cfg
 
 
 def _flops_per_sample(trainer, name: str, n: int = 8) -> float | None:

@@ -78,8 +78,8 @@ class TrainConfig:
     mtp_weight: float = 0.3                    # weight of the multi-token-prediction loss (DeepSeek-V3 lambda)
     router_bias_update: bool = True            # aux-loss-free balancing of MoE routers after each update
     ema_decay: float = 0.0                     # > 0: keep an EMA of the weights; evaluation and export use it
-    precision: str = "auto"                    # "auto": bf16 autocast where it is faster (CUDA with bf16; a CPU by a
-                                               # matmul timed at start-up), else fp32; see training/precision.py
+    precision: str = "auto"                    # "auto": bf16 autocast on CUDA with bf16, else fp32; "bf16" on a CPU
+                                               # where a timed matmul shows bf16 slow: fp32 (training/precision.py)
     seed: int = 0
     # bookkeeping
     log_every: int = 1

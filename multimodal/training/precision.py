@@ -1,19 +1,22 @@
-"""Which precision a training run computes in: bf16 autocast only where it is faster, decided by timing.
+"""Which precision a training run computes in; on a CPU, bf16 is ruled out where a timed matmul shows it slow.
 
-CPUs differ more than their names say: one 2-core Xeon with AVX-512-BF16 / AMX ran the built-in model's bf16 autocast
-faster than fp32, another with AVX2 only ran bf16 matmuls ~100x slower. So on a CPU the choice is measured at
-start-up (`bf16_speedup`: one fp32 and one bf16-autocast matmul of a training-sized shape, timed a few times) rather
-than read from a preset flag:
+CPUs differ more than their names say: on an AVX2-only 2-core Xeon bf16 matmuls ran ~100x slower than fp32; on an
+AVX-512-BF16 / AMX one a bf16-autocast matmul runs 2.5-7x faster than fp32 (one thread, 256-4096 rows), yet the
+built-in model's whole training step there ran 1.5x *slower* in bf16 autocast (`python benchmarks/training.py
+--device cpu --recipes shapes-demo,shapes-demo+fp32`: 18 vs 27 samples/s; the backbone's many small ops, not its
+matmuls, set the pace). So a matmul timing can rule bf16 out but cannot rule it in, and the policy is:
 
     precision  CUDA                                   CPU
     "fp32"     fp32                                   fp32
-    "auto"     bf16 autocast if the GPU supports it   bf16 autocast if it times >= AUTO_MIN_SPEEDUP x fp32's speed
-    "bf16"     bf16 autocast                          bf16 autocast, unless it times < BF16_MIN_SPEEDUP x fp32's
-                                                      speed: then fp32, with one warning naming both speeds
+    "auto"     bf16 autocast if the GPU supports it   fp32 (measure a recipe both ways with benchmarks/training.py,
+                                                      `+fp32` / `+bf16`, and ask for bf16 where it wins)
+    "bf16"     bf16 autocast                          bf16 autocast, unless a matmul timed at start-up
+                                                      (`bf16_speedup`) runs < BF16_MIN_SPEEDUP x fp32's speed:
+                                                      then fp32, with one warning naming the speed
 
 (the last row is what lets a run written for a bf16-capable CPU, e.g. the `shapes-demo` preset, resume on an
 AVX2-only one.) The timing costs milliseconds on a CPU with bf16 units and about 2 s where bf16 is 100x slower; it is
-measured once per process and device.
+measured once per process.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from functools import lru_cache
 
 import torch
 
-AUTO_MIN_SPEEDUP = 1.1       # "auto" takes bf16 on a CPU only where it is clearly faster than fp32
 BF16_MIN_SPEEDUP = 0.5       # "bf16" falls back to fp32 on a CPU where bf16 is more than 2x slower
 MATMUL_SHAPE = (256, 512, 512)   # [M, K] @ [K, N]: a micro-batch of tokens through a tiny model's projection
 REPEATS = 7                  # alternating rounds; the fastest of each counts
@@ -87,7 +89,7 @@ def bf16_speedup(device_type: str = "cpu", shape: tuple[int, int, int] = MATMUL_
 
 def choose_precision(precision: str, device: torch.device, speedup: float | None = None) -> PrecisionChoice:
     """The autocast dtype for `precision` ("auto", "bf16", "fp32") on `device`; on a CPU, `speedup` (default: the
-    timed `bf16_speedup()`) decides "auto" and may overrule "bf16" (module docstring)."""
+    timed `bf16_speedup()`) may overrule "bf16" (module docstring)."""
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision must be one of 'auto', 'bf16', 'fp32', got {precision!r}")
     if precision == "fp32":
@@ -98,15 +100,13 @@ def choose_precision(precision: str, device: torch.device, speedup: float | None
         return PrecisionChoice(None, "precision 'auto': this GPU does not support bf16")
     if device.type != "cpu":
         return PrecisionChoice(torch.bfloat16 if precision == "bf16" else None, f"precision {precision!r}")
+    if precision == "auto":
+        return PrecisionChoice(None, "precision 'auto' on a CPU: fp32")
     speedup = bf16_speedup("cpu") if speedup is None else speedup
     timed = f"a bf16 matmul ran {speedup:.2f}x fp32's speed on this CPU (timed at start-up)"
-    if precision == "auto":
-        if speedup >= AUTO_MIN_SPEEDUP:
-            return PrecisionChoice(torch.bfloat16, f"precision 'auto': {timed}")
-        return PrecisionChoice(None, f"precision 'auto': {timed}")
     if speedup < BF16_MIN_SPEEDUP:
         return PrecisionChoice(None, f"warning: precision 'bf16' asked for, but {timed}: training in fp32 instead")
     return PrecisionChoice(torch.bfloat16, f"precision 'bf16': {timed}")
 
 
-__all__ = ["PrecisionChoice", "bf16_speedup", "choose_precision", "AUTO_MIN_SPEEDUP", "BF16_MIN_SPEEDUP"]
+__all__ = ["PrecisionChoice", "bf16_speedup", "choose_precision", "BF16_MIN_SPEEDUP"]

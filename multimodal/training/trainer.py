@@ -6,7 +6,7 @@
 One optimizer update = `grad_accum` micro-batches, each of one task drawn by `TaskMix`; the mean loss is
 back-propagated, the global gradient norm clipped to `grad_clip`, the learning rate set by `WarmupCosine`, MoE
 router biases nudged towards balance (`balance.LoadTracker`). Forward passes run under bf16 autocast where the
-device runs it faster (`precision="auto"`: CUDA with bf16, or a CPU where a matmul timed at start-up says so; see
+device supports it (`precision="auto"`: CUDA with bf16; on a CPU ask for "bf16" where it measures faster; see
 `precision`).
 
 Output folder `out`:
@@ -117,8 +117,8 @@ class Trainer:
         self.stop_requested = False          # set from a signal handler for a clean stop with a checkpoint
         self.precision = choose_precision(config.precision, self.device)
         self.amp_dtype = self.precision.dtype
-        if self.device.type == "cpu" and config.precision != "fp32":
-            self.log(self.precision.reason)            # once per run: what the timing decided, or the fallback
+        if self.device.type == "cpu" and config.precision == "bf16":
+            self.log(self.precision.reason)            # once per run: the timing, or the fallback to fp32
         self.skipped_items = 0
         self.train_seconds = 0.0             # seconds spent in updates, summed over resumes
         self.cpu_seconds = 0.0               # this process's CPU time (all threads) spent in updates, the same way

@@ -169,8 +169,7 @@ def test_precision_choice_and_bf16_autocast_step(tmp_path, tiny_config, monkeypa
 
     cpu = torch.device("cpu")
     assert autocast_dtype("fp32", cpu) is None
-    assert choose_precision("auto", cpu, speedup=3.0).dtype is torch.bfloat16       # a CPU with bf16 units
-    assert choose_precision("auto", cpu, speedup=1.0).dtype is None                 # no faster: fp32
+    assert choose_precision("auto", cpu, speedup=3.0).dtype is None      # a fast matmul does not make a fast step
     assert choose_precision("bf16", cpu, speedup=0.8).dtype is torch.bfloat16       # asked for, not much slower
     slow = choose_precision("bf16", cpu, speedup=0.01)                                # AVX2 only: ~100x slower
     assert slow.dtype is None and "0.01x" in slow.reason and slow.reason.startswith("warning:")
