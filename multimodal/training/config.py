@@ -250,6 +250,14 @@ TRAIN_PRESETS["shapes-demo-2"] = {**copy.deepcopy(TRAIN_PRESETS["shapes-demo"]),
                                          precision="auto", latent_cache={"image": 25_000, "video": 6_000},
                                          eval_every=400, save_every=200)}
 
+# its third stage (issue #16): the same model and mix from the weights stage 2 left in the package, sized for ~40
+# minutes of the 2-core AVX-512-BF16 Xeon: fp32 (`precision: auto`; there the whole update runs 1.45x faster in fp32
+# than in bf16 autocast, benchmarks/results/training_levers_cpu.json), ~1.7 s per update, a new data order, and the
+# validation learning curve (100 images, 50 clips scored every 300 updates)
+TRAIN_PRESETS["shapes-demo-3"] = {**copy.deepcopy(TRAIN_PRESETS["shapes-demo-2"]),
+                                  **dict(seed=3, max_steps=1200, latent_cache={"image": 20_000, "video": 4_000},
+                                         score_samples={"image": 100, "video": 50}, eval_every=300, save_every=300)}
+
 
 def train_preset(name: str) -> TrainConfig:
     """A fresh `TrainConfig` for a named training preset: one of `TRAIN_PRESETS`."""

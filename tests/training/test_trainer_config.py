@@ -39,12 +39,15 @@ def test_bad_values_are_named(field, value, message):
 
 def test_presets():
     backbones = {"debug": "debug", "tiny": "tiny", "mix-debug": "debug", "mix-tiny": "tiny", "shapes-demo": "tiny",
-                 "shapes-demo-2": "tiny", "shapes-gpu": "tiny"}
+                 "shapes-demo-2": "tiny", "shapes-demo-3": "tiny", "shapes-gpu": "tiny"}
     assert set(TRAIN_PRESETS) == set(backbones)
     for name in TRAIN_PRESETS:
         cfg = train_preset(name)
         assert cfg.preset == backbones[name]
         assert (set(cfg.tasks) == {"text"}) == (name in ("debug", "tiny"))     # the others train every task
+    stage3 = train_preset("shapes-demo-3")           # the built-in model's third stage: its learning curve is scored
+    assert stage3.init_from == "shapes" and stage3.precision == "auto"
+    assert (stage3.score_samples_of("image"), stage3.score_samples_of("video")) == (100, 50)
     with pytest.raises(ValueError, match="resident_data needs latent_cache"):
         TrainConfig(tasks={"text_to_image": 1.0}, resident_data=True)
     with pytest.raises(ValueError, match=r"unknown tasks \['image_to_speech'\]"):
