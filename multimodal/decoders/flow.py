@@ -9,6 +9,11 @@ arXiv 2212.09748; the "flow head" of Show-o2, reference/multimodal.md §1) that 
   added (a pooled condition, as Flux adds its pooled text vector);
 - the backbone's hidden states at the learned query tokens [B, Nq, cond_dim], through cross-attention.
 
+The head's raw output is the velocity itself (`prediction="velocity"`, the default) or a clean latent x0_hat
+(`prediction="x0"`, JiT's x-prediction, Li & He, arXiv 2511.13720), which `forward` turns into the velocity
+`(x_t - x0_hat) / max(sigma, X0_MIN_SIGMA)` it implies; either way `forward` returns a velocity, trained with the same
+velocity loss, and sampled by the same scheduler, so the parameterisation is a training choice only.
+
 Positions are fixed sinusoidal features of (time, row, column) of each latent patch, so the same weights handle any
 grid size and any number of latent frames. Training drops the condition with probability `condition_dropout`
 (replacing it by the backbone's states for an empty prompt, chosen by the caller), so classifier-free guidance works
@@ -31,6 +36,8 @@ from ..config_keys import reject_unknown_keys
 from ..tokenizers.patchify import patchify, unpatchify
 
 NUM_TRAIN_TIMESTEPS = 1000   # diffusers' FlowMatchEulerDiscreteScheduler default: timestep = 1000 * sigma
+PREDICTIONS = ("velocity", "x0")
+X0_MIN_SIGMA = 0.05          # x0 prediction: the velocity's denominator is clamped here (JiT clamps 1 - t at 0.05)
 
 
 @dataclass
@@ -47,6 +54,7 @@ class FlowHeadConfig:
     frequency_dim: int = 256             # sinusoidal timestep features
     position_frequencies: int = 16       # sinusoidal frequencies per position axis (time, row, column)
     max_latent_frames: int = 1           # 1 for the image head; > 1 lets the head denoise video latents
+    prediction: str = "velocity"         # what the network outputs: "velocity" or "x0" (turned into a velocity)
 
     def __post_init__(self) -> None:
         for name in ("latent_channels", "patch_size", "width", "depth", "num_heads", "cond_dim", "frequency_dim",
@@ -55,6 +63,8 @@ class FlowHeadConfig:
                 raise ValueError(f"flow head {name} must be > 0, got {getattr(self, name)}")
         if self.width % self.num_heads:
             raise ValueError(f"flow head width ({self.width}) must be divisible by num_heads ({self.num_heads})")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"flow head prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}")
         if self.frequency_dim % 2:
             raise ValueError(f"flow head frequency_dim must be even, got {self.frequency_dim}")
 
@@ -205,7 +215,11 @@ class FlowTransformer(nn.Module):
             x = block(x, emb, cond_tokens, cond_mask)
         shift, scale = self.ada_out(F.silu(emb)).chunk(2, dim=-1)
         x = self.patch_out(modulate(self.norm_out(x), shift, scale))                    # [B, N, C*p*p]
-        return unpatchify(x, (t, h // p, w // p), p)                                    # [B, C, T, h, w]
+        out = unpatchify(x, (t, h // p, w // p), p)                                     # [B, C, T, h, w]
+        if cfg.prediction == "x0":                     # out is x0_hat: v = (x_t - x0_hat) / sigma
+            sigma = (timestep.float() / NUM_TRAIN_TIMESTEPS).clamp(min=X0_MIN_SIGMA).view(b, 1, 1, 1, 1)
+            out = ((latents.float() - out.float()) / sigma).to(out.dtype)
+        return out
 
 
 def sample_sigmas(n: int, generator: torch.Generator | None, device: torch.device,

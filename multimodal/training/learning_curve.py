@@ -11,6 +11,12 @@ excluded; see `metrics`). `plot_learning_curve` draws those scores into `<out>/l
 
 The x axis is wall-clock minutes inside updates, so two runs on the same machine compare by what they learned per
 minute of training, however often they evaluated; `cpu_minutes` (process CPU time) is in the same records.
+
+An ablation compares runs: `comparison_panels` / `plot_comparison` draw one panel per eval metric and one line per
+run (`benchmarks/ablation.py` prints the table and writes the PNG and JSON):
+
+    runs = {"velocity": read_metrics("runs/a/metrics.jsonl"), "x0": read_metrics("runs/b/metrics.jsonl")}
+    plot_comparison(runs, ["accuracy/text_to_image", "loss/text_to_image"], "ablation.png")
 """
 
 from __future__ import annotations
@@ -58,4 +64,35 @@ def plot_learning_curve(records: list[dict[str, Any]], path: str | Path, width: 
                        markers=True)
 
 
-__all__ = ["learning_curve_panels", "plot_learning_curve", "FAMILIES"]
+def comparison_panels(runs: dict[str, list[dict[str, Any]]], metrics: list[str],
+                      x_key: str = TIME_KEY) -> list[Panel]:
+    """(metric, [(run, [(minutes, value)])]) for each of `metrics` (eval keys without the "eval/" prefix, e.g.
+    "accuracy/text_to_image"), one line per run that logged it; a metric no run logged raises ValueError naming it."""
+    panels: list[Panel] = []
+    for metric in metrics:
+        key = f"eval/{metric}"
+        lines = []
+        for name, records in runs.items():
+            pts = [(float(r[x_key]), float(r[key])) for r in records
+                   if r.get("kind") == "eval" and key in r and x_key in r]
+            pts = [(x, y) for x, y in pts if math.isfinite(x) and math.isfinite(y)]
+            if pts:
+                lines.append((name, pts))
+        if not lines:
+            raise ValueError(f"no run logged eval/{metric} with {x_key!r} (runs: {', '.join(runs)})")
+        panels.append((metric, lines))
+    return panels
+
+
+def plot_comparison(runs: dict[str, list[dict[str, Any]]], metrics: list[str], path: str | Path,
+                    width: int = 900, panel_height: int = 200, x_key: str = TIME_KEY) -> Path:
+    """Draw `comparison_panels` into a PNG at `path` (atomically): x = training minutes (or `x_key`); scores
+    (accuracy, exact, slot_f1, ...) on 0..1, losses on their own range."""
+    panels = comparison_panels(runs, metrics, x_key)
+    ranges = [None if title.startswith("loss/") or any(not 0.0 <= y <= 1.0 for _, pts in lines for _, y in pts)
+              else (0.0, 1.0) for title, lines in panels]
+    return draw_panels(panels, path, width, panel_height, x_name="training min" if x_key == TIME_KEY else x_key,
+                       y_range=ranges, markers=True)
+
+
+__all__ = ["learning_curve_panels", "plot_learning_curve", "comparison_panels", "plot_comparison", "FAMILIES"]

@@ -165,14 +165,19 @@ def plot_metrics(records: list[dict[str, Any]], path: str | Path, width: int = 9
 
 def draw_panels(panels: list[tuple[str, list[tuple[str, list[tuple[float, float]]]]]], path: str | Path,
                 width: int = 900, panel_height: int = 240, x_name: str = "step",
-                y_range: tuple[float, float] | None = None, markers: bool = False) -> Path:
-    """Draw (title, [(label, points)]) panels one above the other into a PNG at `path` (atomically)."""
+                y_range: "tuple[float, float] | list[tuple[float, float] | None] | None" = None,
+                markers: bool = False) -> Path:
+    """Draw (title, [(label, points)]) panels one above the other into a PNG at `path` (atomically); `y_range` is
+    one range for every panel or a list with one (or None: the data's) per panel."""
+    ranges = y_range if isinstance(y_range, list) else [y_range] * len(panels)
+    if len(ranges) != len(panels):
+        raise ValueError(f"y_range lists {len(ranges)} ranges for {len(panels)} panels")
     image = Image.new("RGB", (width, panel_height * len(panels)), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
     for i, (title, lines) in enumerate(panels):
         _draw_panel(draw, (0, i * panel_height, width, (i + 1) * panel_height), title, lines, font, x_name,
-                    y_range, markers)
+                    ranges[i], markers)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.png")
     image.save(tmp, format="PNG")

@@ -79,9 +79,10 @@ def test_masked_condition_tokens_are_ignored():
     torch.testing.assert_close(a, b)
 
 
-def test_training_then_euler_sampling_reaches_the_conditioned_target():
+@pytest.mark.parametrize("prediction", ["velocity", "x0"])
+def test_training_then_euler_sampling_reaches_the_conditioned_target(prediction):
     torch.manual_seed(0)
-    head = ImageHead(small(width=64))
+    head = ImageHead(small(width=64, prediction=prediction))
     x0 = torch.stack([torch.full((4, 1, 4, 4), 1.0), torch.full((4, 1, 4, 4), -1.0)])
     cond = torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(1))
     opt = torch.optim.Adam(head.parameters(), lr=3e-3)
@@ -122,3 +123,28 @@ def test_bf16_autocast_step_is_warning_free_and_close_to_fp32():
     with torch.no_grad():
         ref = head(x, t, cond)
     assert (v.float() - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+def test_x0_prediction_returns_the_velocity_its_clean_latent_implies():
+    """prediction="x0": the same weights' raw output is read as x0_hat and returned as (x_t - x0_hat) / sigma, with
+    sigma clamped at X0_MIN_SIGMA; so an exact x0_hat gives exactly the training target noise - x0."""
+    from multimodal.decoders.flow import X0_MIN_SIGMA
+
+    velocity = ImageHead(small()).eval()
+    randomise(velocity)
+    x0_head = ImageHead(small(prediction="x0")).eval()
+    x0_head.load_state_dict(velocity.state_dict())
+    x, cond = torch.randn(3, 4, 1, 4, 4), torch.randn(3, 2, 8)
+    sigma = torch.tensor([0.01, 0.3, 0.9])                     # the first is under the clamp
+    with torch.no_grad():
+        raw, v = velocity(x, sigma * 1000, cond), x0_head(x, sigma * 1000, cond)
+    expected = (x - raw) / sigma.clamp(min=X0_MIN_SIGMA).view(3, 1, 1, 1, 1)
+    torch.testing.assert_close(v, expected, atol=1e-5, rtol=1e-5)
+    # the identity behind it: x_t = (1 - s) x0 + s noise  =>  (x_t - x0) / s = noise - x0
+    x_clean, noise, s = torch.randn(4, 1, 4, 4), torch.randn(4, 1, 4, 4), 0.37
+    torch.testing.assert_close(((1 - s) * x_clean + s * noise - x_clean) / s, noise - x_clean)
+
+
+def test_unknown_prediction_is_rejected_by_name():
+    with pytest.raises(ValueError, match="prediction must be one of velocity, x0, got 'eps'"):
+        small(prediction="eps")

@@ -53,3 +53,25 @@ def test_plot_writes_one_panel_per_family(tmp_path):
         plot_learning_curve(_records()[:2], tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
 
+
+
+def test_comparison_has_one_panel_per_metric_and_one_line_per_run(tmp_path):
+    from multimodal.training.learning_curve import comparison_panels, plot_comparison
+
+    other = [{**r, "eval/accuracy/text_to_image": r["eval/accuracy/text_to_image"] + 0.1}
+             for r in _records() if "eval/accuracy/text_to_image" in r]
+    runs = {"a": _records(), "b": other, "text-only": _records()[:2]}
+    panels = dict(comparison_panels(runs, ["accuracy/text_to_image", "loss/text"]))
+    assert panels["accuracy/text_to_image"] == [("a", [(0.5, 0.1), (1.25, 0.3)]),
+                                                ("b", [(0.5, pytest.approx(0.2)), (1.25, pytest.approx(0.4))])]
+    assert panels["loss/text"] == [("a", [(0.5, 1.9), (1.25, 1.5)]), ("b", [(0.5, 1.9), (1.25, 1.5)])]
+    with pytest.raises(ValueError, match="no run logged eval/exact/speech_to_text"):
+        comparison_panels(runs, ["exact/speech_to_text"])
+    path = plot_comparison(runs, ["accuracy/text_to_image", "loss/text"], tmp_path / "ablation.png", width=500,
+                           panel_height=150)
+    with Image.open(path) as img:
+        assert img.size == (500, 300)
+        rgb = img.convert("RGB")
+        for i in range(2):
+            colours = {rgb.getpixel((x, y)) for x in range(70, 490, 3) for y in range(i * 150 + 30, i * 150 + 120, 3)}
+            assert colours - {(255, 255, 255), (0, 0, 0), (225, 225, 225)}, i
