@@ -33,6 +33,12 @@ TIME_KEY = "train_minutes"
 Panel = tuple[str, list[tuple[str, list[tuple[float, float]]]]]
 
 
+def _points(records: list[dict[str, Any]], key: str, x_key: str) -> list[tuple[float, float]]:
+    """(x, value) of every eval record that logged `key` and `x_key`, both finite."""
+    pts = [(float(r[x_key]), float(r[key])) for r in records if r.get("kind") == "eval" and key in r and x_key in r]
+    return [(x, y) for x, y in pts if math.isfinite(x) and math.isfinite(y)]
+
+
 def learning_curve_panels(records: list[dict[str, Any]], x_key: str = TIME_KEY) -> list[Panel]:
     """(title, [(task, [(minutes, score)])]) per score family present in the eval records that carry `x_key`;
     empty when no evaluation was scored."""
@@ -43,8 +49,7 @@ def learning_curve_panels(records: list[dict[str, Any]], x_key: str = TIME_KEY) 
         tasks = sorted({k[len(prefix):] for r in evals for k in r if k.startswith(prefix)})
         lines = []
         for task in tasks:
-            pts = [(float(r[x_key]), float(r[prefix + task])) for r in evals if prefix + task in r]
-            pts = [(x, y) for x, y in pts if math.isfinite(x) and math.isfinite(y)]
+            pts = _points(evals, prefix + task, x_key)
             if pts:
                 lines.append((task, pts))
         if lines:
@@ -73,9 +78,7 @@ def comparison_panels(runs: dict[str, list[dict[str, Any]]], metrics: list[str],
         key = f"eval/{metric}"
         lines = []
         for name, records in runs.items():
-            pts = [(float(r[x_key]), float(r[key])) for r in records
-                   if r.get("kind") == "eval" and key in r and x_key in r]
-            pts = [(x, y) for x, y in pts if math.isfinite(x) and math.isfinite(y)]
+            pts = _points(records, key, x_key)
             if pts:
                 lines.append((name, pts))
         if not lines:

@@ -54,7 +54,6 @@ def test_plot_writes_one_panel_per_family(tmp_path):
     assert not (tmp_path / "none.png").exists()
 
 
-
 def test_comparison_has_one_panel_per_metric_and_one_line_per_run(tmp_path):
     from multimodal.training.learning_curve import comparison_panels, plot_comparison
 
