@@ -264,6 +264,10 @@ TRAIN_PRESETS["shapes-demo-3"] = {**copy.deepcopy(TRAIN_PRESETS["shapes-demo-2"]
 TRAIN_PRESETS["shapes-demo-4"] = {**copy.deepcopy(TRAIN_PRESETS["shapes-demo-3"]),
                                   **dict(seed=6, max_steps=1600, eval_every=320, save_every=320)}
 
+# its fifth stage: the same recipe again from the fourth stage's shipped weights, a new data order (seed 7); the
+# fourth's curve ended with the captions still rising (exact image captions 48 -> 58%, video 38 -> 56% on validation)
+TRAIN_PRESETS["shapes-demo-5"] = {**copy.deepcopy(TRAIN_PRESETS["shapes-demo-4"]), **dict(seed=7)}
+
 
 def train_preset(name: str) -> TrainConfig:
     """A fresh `TrainConfig` for a named training preset: one of `TRAIN_PRESETS`."""

@@ -40,7 +40,7 @@ def test_bad_values_are_named(field, value, message):
 def test_presets():
     backbones = {"debug": "debug", "tiny": "tiny", "mix-debug": "debug", "mix-tiny": "tiny", "shapes-demo": "tiny",
                  "shapes-demo-2": "tiny", "shapes-demo-3": "tiny", "shapes-demo-4": "tiny",
-                 "shapes-gpu": "tiny"}
+                 "shapes-demo-5": "tiny", "shapes-gpu": "tiny"}
     assert set(TRAIN_PRESETS) == set(backbones)
     for name in TRAIN_PRESETS:
         cfg = train_preset(name)
@@ -51,6 +51,7 @@ def test_presets():
     assert (stage3.score_samples_of("image"), stage3.score_samples_of("video")) == (100, 50)
     stage4 = train_preset("shapes-demo-4")           # the same recipe, a new data order
     assert stage4.replace(seed=3, max_steps=1200, eval_every=300, save_every=300) == stage3
+    assert train_preset("shapes-demo-5").replace(seed=6) == stage4
     with pytest.raises(ValueError, match="resident_data needs latent_cache"):
         TrainConfig(tasks={"text_to_image": 1.0}, resident_data=True)
     with pytest.raises(ValueError, match=r"unknown tasks \['image_to_speech'\]"):
