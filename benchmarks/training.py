@@ -15,7 +15,11 @@ samples/s, round-robin over the recipes within each repeat, so that drift and ba
 `--micro-batches` adds the last recipe at other micro-batch sizes. Options appended to a preset's name with `+`:
 `resident` (resident_data on), `patch2` (both flow heads at patch size 2: a quarter of the head tokens; the heads
 start from random weights, since the shipped ones are patch size 1, which changes no shape or time), `fp32` / `bf16`
-(that precision instead of the preset's).
+(that precision instead of the preset's), `compile` (the flow heads under `torch.compile` in the training step,
+`TrainConfig.compile=["heads"]`) and `compileall` (the heads and every backbone block). A compiling recipe's row has
+`first_call_s` per task (the first micro-batch, which compiles) and `compile_failed` (empty unless it fell back to
+eager). `--graph-breaks` adds, for the first recipe, Dynamo's graphs and graph breaks of each task's whole loss
+(backbone, routing, heads) with their reasons (`torch._dynamo.explain`, nothing compiled).
 
 MFU: model FLOPs per sample of each task are counted once by `torch.utils.flop_counter.FlopCounterMode` on the
 PyTorch reference ops (the Triton kernels are invisible to it) at a small batch, forward + backward; the achieved
@@ -52,6 +56,8 @@ def _parse(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--updates", type=int, default=5)
     p.add_argument("--tiny", action="store_true", help="the debug model, small batches (a CPU smoke test)")
+    p.add_argument("--graph-breaks", action="store_true",
+                   help="count Dynamo's graph breaks in each task's loss for the first recipe")
     p.add_argument("--threads", type=int, default=None, help="torch threads (CPU)")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
@@ -93,9 +99,12 @@ def _config(name: str, args, device, micro: int | None, out: Path):
     if device.type == "cpu":
         changes["data_workers"] = 0
     cfg = cfg.replace(**changes)
-    unknown = set(options) - {"resident", "patch2", "fp32", "bf16"}
+    unknown = set(options) - {"resident", "patch2", "fp32", "bf16", "compile", "compileall"}
     if unknown:
-        raise ValueError(f"recipe {name!r}: unknown option(s) {sorted(unknown)}; use resident, patch2, fp32, bf16")
+        raise ValueError(f"recipe {name!r}: unknown option(s) {sorted(unknown)}; use resident, patch2, fp32, bf16, "
+                         f"compile, compileall")
+    if "compile" in options or "compileall" in options:
+        cfg = cfg.replace(compile=["heads", "backbone"] if "compileall" in options else ["heads"])
     if "resident" in options:
         cfg = cfg.replace(resident_data=True)
     if "patch2" in options:
@@ -107,11 +116,17 @@ def _config(name: str, args, device, micro: int | None, out: Path):
     return cfg
 
 
+def _eager(trainer):
+    """A context in which a compiling recipe's parts run their original forward (counting and tracing tools)."""
+    compiled = getattr(trainer, "compiled", None)
+    return compiled.suspended() if compiled is not None else contextlib.nullcontext()
+
+
 def _flops_per_sample(trainer, name: str, n: int = 8) -> float | None:
     """Forward + backward FLOPs of one sample of task `name` (reference ops, `n` samples, divided by n)."""
     from torch.utils.flop_counter import FlopCounterMode
     batch = trainer.next_batch(name, n)
-    with _reference_kernels(), FlopCounterMode(display=False) as counter, trainer._autocast():
+    with _eager(trainer), _reference_kernels(), FlopCounterMode(display=False) as counter, trainer._autocast():
         loss, _ = trainer.tasks[name].loss(trainer.model, batch)
         loss.backward()
     trainer.model.zero_grad(set_to_none=True)
@@ -133,7 +148,7 @@ class _Recipe:
         cfg, trainer = self.cfg, self.trainer
         self.row = {"recipe": name, "device": str(device), "micro_batch_size": cfg.micro_batch_size,
                     "grad_accum": cfg.grad_accum, "samples_per_update": cfg.batch_size,
-                    "resident_data": cfg.resident_data,
+                    "resident_data": cfg.resident_data, "compile": list(cfg.compile),
                     "precision": "bf16" if trainer.amp_dtype is not None else "fp32",
                     "setup_s": round(time.perf_counter() - t0, 1), "tasks": {}}
 
@@ -173,14 +188,18 @@ def bench(recipes: list[_Recipe], args) -> None:
     for task in tasks:
         having = [r for r in recipes if task in r.trainer.tasks]
         times: dict[int, list[float]] = {id(r): [] for r in having}
+        firsts = {}
         for rep in range(args.warmup + args.repeats):
             for r in having:
                 seconds = r.timed(lambda r=r: r.micro_step(task))
-                if rep >= args.warmup:
+                if rep == 0:
+                    firsts[id(r)] = seconds
+                elif rep >= args.warmup:
                     times[id(r)].append(seconds)
         for r in having:
             seconds = _median(times[id(r)])
-            entry = {"seconds_per_micro_batch": seconds, "samples_per_s": r.cfg.micro_batch_size / seconds}
+            entry = {"seconds_per_micro_batch": seconds, "samples_per_s": r.cfg.micro_batch_size / seconds,
+                     "first_call_s": firsts[id(r)]}
             flops = _flops_per_sample(r.trainer, task)
             if flops:
                 entry["gflops_per_sample"] = flops / 1e9
@@ -204,6 +223,24 @@ def bench(recipes: list[_Recipe], args) -> None:
             r.row["mfu"] = flops_per_update / seconds / (PEAK_TFLOPS[r.device.type] * 1e12)
         if r.device.type == "cuda":
             r.row["peak_memory_gib"] = r.peak / 2 ** 30
+        if r.cfg.compile:
+            r.row["compile_failed"] = r.trainer.compiled.failed
+    if args.graph_breaks:
+        recipes[0].row["graph_breaks"] = {task: _graph_breaks(recipes[0], task) for task in tasks
+                                          if task in recipes[0].trainer.tasks}
+
+
+def _graph_breaks(recipe: _Recipe, task: str) -> dict:
+    """Dynamo's graphs / breaks / reasons of one micro-batch's loss of `task` (traced only; compiled parts of a
+    compiling recipe are traced through their original forward)."""
+    from multimodal.training.compile import graph_breaks
+    trainer = recipe.trainer
+    batch = trainer.next_batch(task, recipe.cfg.micro_batch_size)
+    with _eager(trainer), trainer._autocast():
+        found = graph_breaks(lambda: trainer.tasks[task].loss(trainer.model, batch)[0])
+    trainer.model.zero_grad(set_to_none=True)
+    trainer.loads.reset()
+    return found
 
 
 def main(argv=None) -> list[dict]:
@@ -257,6 +294,14 @@ def _print_table(rows: list[dict]) -> None:
         mem = f"{r['peak_memory_gib']:.1f}" if "peak_memory_gib" in r else "-"
         print(f"{r['recipe']:<14} {r['micro_batch_size']:>6} {r['updates_per_s']:>7.2f} {r['samples_per_s']:>10.0f} "
               f"{ratio:>7.1f} {mfu:>6} {mem:>6}  {tasks}")
+    for r in rows:
+        if r.get("compile") and "tasks" in r:
+            firsts = ", ".join(f"{k} {v['first_call_s']:.1f} s" for k, v in r["tasks"].items())
+            print(f"{r['recipe']}: first (compiling) micro-batch: {firsts}; fell back to eager: "
+                  f"{r.get('compile_failed') or 'no'}")
+        for task, found in r.get("graph_breaks", {}).items():
+            print(f"{r['recipe']} {task}: {found['graphs']} graphs, {found['graph_breaks']} graph breaks"
+                  + (": " + "; ".join(found["reasons"][:3]) if found["reasons"] else ""))
 
 
 if __name__ == "__main__":

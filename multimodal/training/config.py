@@ -34,6 +34,7 @@ from ..config_keys import check, reject_unknown_keys
 OPTIMIZERS = ("adamw", "muon")
 TASK_NAMES = ("text", "text_to_image", "text_to_video", "image_to_text", "video_to_text")
 PRECISIONS = ("auto", "bf16", "fp32")
+COMPILE_TARGETS = ("heads", "backbone")             # the parts `compile` may name (training/compile.py)
 
 
 @dataclass
@@ -80,6 +81,8 @@ class TrainConfig:
     ema_decay: float = 0.0                     # > 0: keep an EMA of the weights; evaluation and export use it
     precision: str = "auto"                    # "auto": bf16 autocast on CUDA with bf16, else fp32; "bf16" on a CPU
                                                # where a timed matmul shows bf16 slow: fp32 (training/precision.py)
+    compile: list[str] = field(default_factory=list)   # parts run under torch.compile in the training step:
+                                               # "heads", "backbone" (training/compile.py; eager on failure)
     seed: int = 0
     # bookkeeping
     log_every: int = 1
@@ -130,6 +133,11 @@ class TrainConfig:
         check(self.vocab_size >= 265, f"vocab_size must be >= 265 (256 bytes + 9 specials), got {self.vocab_size}")
         check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check(isinstance(self.compile, (list, tuple)) and all(isinstance(t, str) for t in self.compile),
+              f"compile must be a list of part names, got {self.compile!r}")
+        self.compile = list(self.compile)
+        unknown = sorted(set(self.compile) - set(COMPILE_TARGETS))
+        check(not unknown, f"compile: unknown part(s) {unknown}; choose from {list(COMPILE_TARGETS)}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         check(0.0 <= self.min_lr_ratio <= 1.0, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         check(self.warmup_steps <= self.max_steps,

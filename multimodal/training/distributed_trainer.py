@@ -119,6 +119,9 @@ class DistributedTrainer(Trainer):
         return self.ctx.is_main
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
+        if self.config.compile:
+            raise ValueError(f"compile={self.config.compile}: the distributed trainer does not compile parts of the "
+                             f"model yet; leave compile empty (the single-process trainer supports it)")
         return parallelize(model, self.ctx, self.parallel)
 
     def build_tasks(self) -> dict[str, Any]:

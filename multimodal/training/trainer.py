@@ -124,6 +124,7 @@ class Trainer:
         self.cpu_seconds = 0.0               # this process's CPU time (all threads) spent in updates, the same way
         self._resume_from: Path | None = None
         self.warm: WarmStart | None = None
+        self.compiled = None                 # with `compile`: the guarded parts' shared state (training/compile.py)
         self._setup()
         self._last_saved = self.step if self._resume_from is not None else -1
 
@@ -261,7 +262,13 @@ class Trainer:
         return model
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
-        """Hook for parallel wrappers (FSDP2, expert parallel, compile); the plain trainer returns `model`."""
+        """Hook for parallel wrappers (FSDP2, expert parallel); the plain trainer returns `model`, with the parts named
+        by `compile` under `torch.compile` in the training step (`training/compile.py`)."""
+        if self.config.compile:
+            from .compile import compile_model
+            self.compiled = compile_model(model, self.config.compile)
+            self.log(f"torch.compile of {', '.join(self.config.compile)} in the training step: compiled on the first "
+                     f"update (eager, with one warning, if compiling fails)")
         return model
 
     def build_optimizer(self, model: nn.Module):
