@@ -118,8 +118,7 @@ def _config(name: str, args, device, micro: int | None, out: Path):
 
 def _eager(trainer):
     """A context in which a compiling recipe's parts run their original forward (counting and tracing tools)."""
-    compiled = getattr(trainer, "compiled", None)
-    return compiled.suspended() if compiled is not None else contextlib.nullcontext()
+    return trainer.compiled.suspended() if trainer.compiled is not None else contextlib.nullcontext()
 
 
 def _flops_per_sample(trainer, name: str, n: int = 8) -> float | None:

@@ -77,19 +77,14 @@ class CompileState:
             warnings.warn(f"torch.compile failed on {self.failed}; the training step runs eagerly from here on "
                           f"(every compiled part of the model)", RuntimeWarning, stacklevel=3)
 
-    def restore(self) -> None:
-        """Put every part's original forward back (the model is then exactly the uncompiled one)."""
-        for guard in self.guards:
-            guard.restore()
-
 
 class GuardedForward:
     """A module's forward that runs `torch.compile(original)` while gradients are enabled, falling back to the
     original (for good, for every part sharing `state`) when compiling or running the compiled code fails."""
 
-    def __init__(self, name: str, module: nn.Module, state: CompileState, backend: str | Callable = "inductor",
+    def __init__(self, name: str, module: nn.Module, state: CompileState, backend: str | Callable,
                  **compile_kwargs: Any) -> None:
-        self.name, self.module, self.state = name, module, state
+        self.name, self.state = name, state
         self.original = module.forward                               # the bound method of the class
         self.compiled = torch.compile(self.original, backend=backend, **compile_kwargs)
         self.calls = 0                                               # compiled calls that returned
@@ -106,15 +101,11 @@ class GuardedForward:
         self.calls += 1
         return out
 
-    def restore(self) -> None:
-        if self.module.__dict__.get("forward") is self:
-            del self.module.forward
-
 
 def compile_model(model: nn.Module, targets: "list[str] | tuple[str, ...]", backend: str | Callable | None = None,
                   **compile_kwargs: Any) -> CompileState:
     """Guard the forward of every part of `targets` in `model` in place (see the module docstring); returns the
-    shared state (`state.failed` says whether and where compiling failed; `state.restore()` undoes it)."""
+    shared state (`state.failed` says whether and where compiling failed)."""
     state = CompileState()
     backend = BACKEND if backend is None else backend
     for target in dict.fromkeys(targets):
