@@ -431,7 +431,8 @@ class UnifiedModel(nn.Module):
         return SequenceBatch(emb, mask, positions_from_mask(mask), routing, modality), labels
 
     def generation_loss(self, prompts: "Sequence[Sequence[int]] | PackedText", latents: torch.Tensor, kind: str,
-                        generator: torch.Generator | None = None, repeats: int = 1) -> torch.Tensor:
+                        generator: torch.Generator | None = None, repeats: int = 1,
+                        weighting: str = "none") -> torch.Tensor:
         """Flow-matching loss of the `kind` head on normalised latents [B, C, T', h, w] given prompt ids (lists, or a
         `PackedText` already on the device).
 
@@ -440,7 +441,7 @@ class UnifiedModel(nn.Module):
         the head on `repeats` noise levels and noises of each latent (rows [B * repeats], sample-major): more of the
         head's signal per backbone pass; the loss is the mean over all rows, and `repeats=1` is the plain loss.
         The dropout is drawn on `generator`'s device, else on the prompts' device (the CPU for lists), so nothing
-        waits for the host."""
+        waits for the host. `weighting` weighs each row by its noise level (`decoders.flow.loss_weights`)."""
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
         if not isinstance(prompts, PackedText):
@@ -451,7 +452,7 @@ class UnifiedModel(nn.Module):
         cond = self.query_states(self.packed_generation_batch(prompts, kind))          # [B, Nq, dim]
         if repeats > 1:
             cond, latents = cond.repeat_interleave(repeats, 0), latents.repeat_interleave(repeats, 0)
-        return flow_matching_loss(self.head(kind), latents, cond, generator=generator)
+        return flow_matching_loss(self.head(kind), latents, cond, generator=generator, weighting=weighting)
 
     def caption_loss(self, latents: "Sequence[torch.Tensor] | torch.Tensor", kind: str,
                      captions: "Sequence[Sequence[int]] | PackedText") -> torch.Tensor:

@@ -23,6 +23,7 @@ at sampling time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,8 @@ from ..tokenizers.patchify import patchify, unpatchify
 NUM_TRAIN_TIMESTEPS = 1000   # diffusers' FlowMatchEulerDiscreteScheduler default: timestep = 1000 * sigma
 PREDICTIONS = ("velocity", "x0")
 X0_MIN_SIGMA = 0.05          # x0 prediction: the velocity's denominator is clamped here (JiT clamps 1 - t at 0.05)
+LOSS_WEIGHTINGS = ("none", "min-snr")   # per-noise-level weights of the training loss (`loss_weights`)
+MIN_SNR_GAMMA = 5.0          # Min-SNR-gamma's clamp (Hang et al., arXiv 2303.09556, recommend 5)
 
 
 @dataclass
@@ -233,12 +236,39 @@ def sample_sigmas(n: int, generator: torch.Generator | None, device: torch.devic
     return torch.rand(n, generator=generator, device=where).to(device)
 
 
+def _min_snr_weights(sigmas: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma on the velocity loss, before normalising: SNR = ((1 - sigma) / sigma)^2; the x0 error is sigma
+    times the velocity error (x0_hat = x_t - sigma v_hat), so the x0-space weight min(SNR, gamma) is
+    min(SNR, gamma) sigma^2 = min((1 - sigma)^2, gamma sigma^2) on the velocity's squared error."""
+    return torch.minimum((1 - sigmas) ** 2, gamma * sigmas ** 2)
+
+
+@functools.lru_cache(maxsize=8)
+def _min_snr_mean(gamma: float) -> float:
+    """E[_min_snr_weights(sigma)] for the logit-normal sigma = sigmoid(u), u ~ N(0, 1), by the trapezoid rule."""
+    u = torch.linspace(-10.0, 10.0, 40_001, dtype=torch.float64)
+    density = torch.exp(-0.5 * u ** 2) / math.sqrt(2 * math.pi)
+    return float(torch.trapezoid(density * _min_snr_weights(torch.sigmoid(u), gamma), u))
+
+
+def loss_weights(sigmas: torch.Tensor, weighting: str = "none", gamma: float = MIN_SNR_GAMMA) -> torch.Tensor:
+    """Per-row weights [n] of the velocity loss at noise levels `sigmas` [n]: ones for "none"; for "min-snr", the
+    Min-SNR-gamma weights (arXiv 2303.09556) divided by their mean under the logit-normal training levels, so the
+    loss keeps its scale on average and only its balance across noise levels changes."""
+    if weighting == "none":
+        return torch.ones_like(sigmas, dtype=torch.float32)
+    if weighting == "min-snr":
+        return _min_snr_weights(sigmas.float(), gamma) / _min_snr_mean(float(gamma))
+    raise ValueError(f"unknown loss weighting {weighting!r}; choose one of {LOSS_WEIGHTINGS}")
+
+
 def flow_matching_loss(head: FlowTransformer, x0: torch.Tensor, cond: torch.Tensor,
                        cond_mask: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                       sigmas: torch.Tensor | None = None) -> torch.Tensor:
+                       sigmas: torch.Tensor | None = None, weighting: str = "none") -> torch.Tensor:
     """Rectified-flow loss: x0 [B, C, T, h, w] clean latents, cond [B, M, cond_dim] -> scalar MSE of the velocity.
 
-    x_t = (1 - sigma) x0 + sigma noise; target v = noise - x0; the head sees t = 1000 sigma."""
+    x_t = (1 - sigma) x0 + sigma noise; target v = noise - x0; the head sees t = 1000 sigma. `weighting` ("none" /
+    "min-snr", `loss_weights`) weighs each row's mean squared error by its noise level; "none" is the plain MSE."""
     b = x0.shape[0]
     if sigmas is None:
         sigmas = sample_sigmas(b, generator, x0.device)
@@ -247,4 +277,7 @@ def flow_matching_loss(head: FlowTransformer, x0: torch.Tensor, cond: torch.Tens
     s = sigmas.to(x0.dtype).view(b, 1, 1, 1, 1)
     x_t = (1 - s) * x0 + s * noise
     v = head(x_t, sigmas * NUM_TRAIN_TIMESTEPS, cond, cond_mask)
-    return F.mse_loss(v.float(), (noise - x0).float())
+    if weighting == "none":
+        return F.mse_loss(v.float(), (noise - x0).float())
+    per_row = (v.float() - (noise - x0).float()).pow(2).flatten(1).mean(1)                # [B]
+    return (loss_weights(sigmas, weighting).to(per_row.device) * per_row).mean()

@@ -53,6 +53,8 @@ class TrainConfig:
     # data
     data: str = "world"                        # "world", or a folder / .jsonl of (image or video, caption) pairs
     tasks: dict[str, float] = field(default_factory=lambda: {"text": 1.0})
+    curriculum: list[dict[str, Any]] = field(default_factory=list)   # stages narrowing the world items the media
+    #                                          tasks see (and optionally the mix), in order; see training/curriculum.py
     vocab_size: int = 512                      # BPE vocabulary trained on the training captions
     seq_len: int = 64                          # text tokens per sample (longer captions are cut, shorter padded)
     micro_batch_size: int = 8
@@ -67,6 +69,8 @@ class TrainConfig:
     flow_repeats: int | dict[str, int] = 1     # generation tasks: head passes (noise draws) per backbone pass;
                                                # {"image": K, "video": L} sets the two heads apart
     # optimisation
+    flow_weighting: str = "none"               # generation tasks: the flow loss's weights per noise level, "none" or
+    #                                          "min-snr" (Min-SNR-5, normalised; decoders.flow.loss_weights)
     optimizer: str = "adamw"                   # "adamw", or "muon" (Muon on 2-D hidden matrices, AdamW on the rest)
     lr: float = 3e-3
     min_lr_ratio: float = 0.1                  # cosine decays to lr * min_lr_ratio
@@ -131,6 +135,9 @@ class TrainConfig:
             check(int(getattr(self, name)) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         check(self.seq_len >= 4, f"seq_len must be >= 4, got {self.seq_len}")
         check(self.vocab_size >= 265, f"vocab_size must be >= 265 (256 bytes + 9 specials), got {self.vocab_size}")
+        from ..decoders.flow import LOSS_WEIGHTINGS
+        check(self.flow_weighting in LOSS_WEIGHTINGS,
+              f"flow_weighting must be one of {LOSS_WEIGHTINGS}, got {self.flow_weighting!r}")
         check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         check(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         check(isinstance(self.compile, (list, tuple)) and all(isinstance(t, str) for t in self.compile),
@@ -158,6 +165,9 @@ class TrainConfig:
         check(not bad, f"task weights must be >= 0, got {bad}")
         check(sum(self.tasks.values()) > 0, f"task weights must not all be 0, got {self.tasks}")
         check(bool(self.data), "data must be 'world' or a path")
+        from .curriculum import parse_curriculum
+        parse_curriculum(self.curriculum, [n for n, w in self.tasks.items() if w > 0])
+        self.curriculum = [dict(stage) for stage in self.curriculum]
 
     def flow_head_overrides(self, kind: str) -> dict[str, Any]:
         """The FlowHeadConfig overrides of the `kind` ("image" / "video") head."""

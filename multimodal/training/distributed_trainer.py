@@ -122,6 +122,9 @@ class DistributedTrainer(Trainer):
         if self.config.compile:
             raise ValueError(f"compile={self.config.compile}: the distributed trainer does not compile parts of the "
                              f"model yet; leave compile empty (the single-process trainer supports it)")
+        if self.config.curriculum:
+            raise ValueError("curriculum: the distributed trainer does not narrow its sharded streams by stage yet; "
+                             "leave curriculum empty (the single-process trainer supports it)")
         return parallelize(model, self.ctx, self.parallel)
 
     def build_tasks(self) -> dict[str, Any]:

@@ -49,6 +49,8 @@ class MediaTask:
     name: str
     seq_len: int = 64
     flow_repeats: int = 1                # generation: head evaluations (noise draws) per backbone pass
+    flow_weighting: str = "none"         # generation: the training loss's weights per noise level ("none" /
+    #                                      "min-snr", decoders.flow.loss_weights); evaluation always reports the plain loss
     needs_pixels: bool = True
 
     def __post_init__(self) -> None:
@@ -86,7 +88,9 @@ class MediaTask:
                 latents = encode_latents(self.autoencoder, batch["pixels"])
         ids = batch["captions"] if "captions" in batch else batch["caption_ids"]
         if self.mode == "generate":
-            loss = model.generation_loss(ids, latents.to(model.dtype), self.kind, repeats=self.flow_repeats)
+            weighting = self.flow_weighting if model.training else "none"     # validation: comparable across runs
+            loss = model.generation_loss(ids, latents.to(model.dtype), self.kind, repeats=self.flow_repeats,
+                                         weighting=weighting)
             tokens: Any = 0.0
         else:
             loss = model.caption_loss(latents.to(model.dtype), self.kind, ids)

@@ -44,12 +44,16 @@ class TaskMix:
 class SampleStream:
     """Indices into a dataset of `length` items: a seeded permutation per epoch, read front to back.
 
-    State (`state_dict`) is `{"epoch", "offset"}`: the next index is `permutation(epoch)[offset]`."""
+    State (`state_dict`) is `{"epoch", "offset"}`: the next index is `permutation(epoch)[offset]`. With `subset` (a
+    1-D long tensor of dataset indices, e.g. a curriculum stage's items) the stream permutes those instead of
+    `range(length)`, and `length` must equal their number."""
 
-    def __init__(self, length: int, seed: int, shuffle: bool = True) -> None:
+    def __init__(self, length: int, seed: int, shuffle: bool = True, subset: torch.Tensor | None = None) -> None:
         if length <= 0:
             raise ValueError(f"a sample stream needs a non-empty dataset, got length {length}")
-        self.length, self.seed, self.shuffle = length, seed, shuffle
+        if subset is not None and subset.shape != (length,):
+            raise ValueError(f"a sample stream's subset must hold `length` ({length}) indices, got {tuple(subset.shape)}")
+        self.length, self.seed, self.shuffle, self.subset = length, seed, shuffle, subset
         self.epoch, self.offset = 0, 0
         self._order: torch.Tensor | None = None
         self._device_order: torch.Tensor | None = None
@@ -61,6 +65,8 @@ class SampleStream:
                 self._order = torch.randperm(self.length, generator=gen)
             else:
                 self._order = torch.arange(self.length)
+            if self.subset is not None:
+                self._order = self.subset[self._order]
         return self._order
 
     def take(self, n: int) -> list[int]:

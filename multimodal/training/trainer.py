@@ -287,10 +287,51 @@ class Trainer:
             else:
                 from .media_tasks import MEDIA_TASKS, MediaTask
                 tasks[name] = MediaTask(tokenizer=self.tokenizer, autoencoder=self.autoencoder, name=name,
-                                        seq_len=cfg.seq_len, flow_repeats=cfg.flow_repeats_of(MEDIA_TASKS[name][0]))
+                                        seq_len=cfg.seq_len, flow_repeats=cfg.flow_repeats_of(MEDIA_TASKS[name][0]),
+                                        flow_weighting=cfg.flow_weighting)
             if tasks[name].data_kind not in self.train_data:
                 raise ValueError(f"task {name} needs {tasks[name].data_kind} items, and {cfg.data} has none")
         return tasks
+
+    def build_curriculum(self):
+        """With `curriculum`: its stages (`curriculum.Curriculum`), every media training item labelled with its kind
+        from its caption (with `resident_data`, the items on the device: the first ones of the training data); else
+        None."""
+        if not self.config.curriculum:
+            return None
+        from .curriculum import Curriculum, parse_curriculum
+        curriculum = Curriculum(parse_curriculum(self.config.curriculum, list(self.tasks)))
+        for kind in sorted({t.kind for t in self.tasks.values() if getattr(t, "kind", None)}):
+            data = self.train_data[kind]
+            resident = [len(self.resident[n]) for n, t in self.tasks.items()
+                        if getattr(t, "kind", None) == kind and n in self.resident]
+            curriculum.label_items(kind, resident[0] if resident else len(data),
+                                   lambda i, data=data: caption_of(data, i))
+        return curriculum
+
+    def enter_stage(self, index: int) -> None:
+        """Switch to curriculum stage `index` (nothing without a curriculum, or when already there): each media task's
+        stream becomes a fresh seeded permutation of the items the stage allows (stage 0 keeps the plain run's
+        seeds, so a one-stage curriculum allowing everything trains exactly like none), and the mix becomes the
+        stage's."""
+        if self.curriculum is None or index == self.stage:
+            return
+        cfg, stage = self.config, self.curriculum.stages[index]
+        for i, name in enumerate(sorted(self.tasks)):
+            kind = getattr(self.tasks[name], "kind", None)
+            if kind is None:
+                continue
+            subset = self.curriculum.subset(index, kind)
+            self.streams[name] = SampleStream(len(subset), seed=cfg.seed * 31 + i + 7919 * index, subset=subset)
+        weights = stage.tasks if stage.tasks is not None else cfg.tasks
+        self.mix = TaskMix({n: weights.get(n, 0.0) for n in self.tasks}, cfg.seed)
+        self.stage = index
+        if self.is_main_process():
+            media = sorted(self.curriculum.labels)
+            sizes = ", ".join(f"{n} {self.streams[n].length:,} items" for n in sorted(self.tasks)
+                              if getattr(self.tasks[n], "kind", None))
+            self.log(f"curriculum stage {index + 1}/{len(self.curriculum.stages)} from update {self.step}: "
+                     f"{stage.describe(tuple(media))} ({sizes})")
 
     def build_resident_data(self) -> dict[str, Any]:
         """With `resident_data`: by task name, the cached latents and tokenised captions of the task's media kind on
@@ -357,6 +398,8 @@ class Trainer:
         self.streams = {name: SampleStream(len(self.resident[name]) if name in self.resident else
                                            len(self.train_data[self.tasks[name].data_kind]), seed=cfg.seed * 31 + i)
                         for i, name in enumerate(sorted(self.tasks))}
+        self.curriculum, self.stage = self.build_curriculum(), -1
+        self.enter_stage(0)
         self.loads = LoadTracker(self.model, self.backbone_config().moe.bias_update_speed)
         self.metrics = MetricsLog(self.out / "metrics.jsonl")
         if self.is_main_process():
@@ -406,6 +449,8 @@ class Trainer:
         self.load_model_state({k: v.to(self.device) for k, v in tensors.items() if not k.startswith(EMA_PREFIX)})
         self.optimizer.load_state_dict(optimizer)
         self.schedule.load_state_dict(state["schedule"])
+        if self.curriculum is not None:
+            self.enter_stage(self.curriculum.stage_at(int(state["step"])))
         for name, stream in self.streams.items():
             stream.load_state_dict(state["data"][name])
         self.step = int(state["step"])
@@ -505,6 +550,8 @@ class Trainer:
         token counts, expert balance), the values still on the device."""
         cfg = self.config
         self.model.train()
+        if self.curriculum is not None:
+            self.enter_stage(self.curriculum.stage_at(self.step))
         lr = self.schedule.apply(self.optimizer)
         micro_batches = []
         for micro in range(cfg.grad_accum):
