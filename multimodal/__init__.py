@@ -59,6 +59,7 @@ _LAZY: dict[str, str] = {
     "WorldDataset": ".data.datasets",
     "WorldSample": ".data.world",
     "collate_world": ".data.datasets",
+    "caption_errors": ".eval.captions",
     "parse_caption": ".eval.captions",
     "parse_frames": ".eval.scene",
     "render_sample": ".data.render",
@@ -114,7 +115,7 @@ if TYPE_CHECKING:  # what static checkers and IDEs see; nothing here runs
     from .data.world import WorldSample, sample_image, sample_video
     from .decoders.flow import FlowHeadConfig
     from .decoders.text import GenerationConfig
-    from .eval.captions import parse_caption
+    from .eval.captions import caption_errors, parse_caption
     from .eval.metrics import score_captions
     from .eval.quality import QualitySettings, quality_report
     from .eval.scene import parse_frames

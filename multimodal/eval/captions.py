@@ -14,6 +14,12 @@ words may be present or absent.
     motion:<colour> <shape>=<motion> videos
     relation:<A> left of <B>         relations, canonical: 'right of' and 'below' are stored swapped,
                                      so 'A to the right of B' and 'B to the left of A' are one slot
+
+``caption_errors`` says what a wrong caption gets wrong, by kind (``ERROR_KINDS``), so a quality report can show
+which reading fails most (a digit read as another digit, a relation turned round, ...):
+
+    caption_errors("a red square to the right of a magenta digit 2",
+                   "a magenta digit 9 to the right of a red square")    # ('digit', 'relation')
 """
 
 from __future__ import annotations
@@ -105,6 +111,73 @@ def caption_slots(clauses: CaptionClauses | None) -> Counter:
         axis = "left of" if rel in ("to the left of", "to the right of") else "above"
         slots[f"relation:{a} {axis} {b}"] += 1
     return slots
+
+
+# What a wrong caption can get wrong (`caption_errors`), in report order:
+ERROR_KINDS = (
+    "grammar",    # the caption is outside the world's grammar
+    "objects",    # another kind of caption or another number of objects (a count for a relation, one object for two)
+    "colour",     # an object's colour
+    "shape",      # an object's shape, other than a digit read as another digit
+    "digit",      # a digit read as another digit
+    "size",       # an object's size word (or one stated where the reference has none, or the reverse)
+    "count",      # how many objects a count caption names
+    "relation",   # the relation of two objects (its axis, or its direction)
+    "motion",     # an object's motion
+)
+_INVERSE = {"to the right of": "to the left of", "below": "above"}
+
+
+def _object_errors(cand: ObjectClause, ref: ObjectClause) -> list[str]:
+    errors = []
+    if cand.colour != ref.colour:
+        errors.append("colour")
+    if cand.shape != ref.shape:
+        digits = cand.shape.startswith("digit") and ref.shape.startswith("digit")
+        errors.append("digit" if digits else "shape")
+    for name in ("size", "count", "motion"):
+        if getattr(cand, name) != getattr(ref, name):
+            errors.append(name)
+    return errors
+
+
+def _canonical_relation(clauses: CaptionClauses) -> tuple[tuple[ObjectClause, ...], str | None]:
+    """'B to the right of A' -> ((A, B), 'to the left of'); 'B below A' -> ((A, B), 'above')."""
+    if clauses.relation in _INVERSE:
+        return clauses.objects[::-1], _INVERSE[clauses.relation]
+    return clauses.objects, clauses.relation
+
+
+def caption_errors(candidate: str, reference: str) -> tuple[str, ...]:
+    """What `candidate` gets wrong against `reference`, as kinds of `ERROR_KINDS` in that order; () when they mean
+    the same (exactly when `metrics.exact_match` holds).
+
+    Objects are paired the way that leaves the fewest errors: a relation stated from the other object ('A above B'
+    for 'B below A') is the same relation; objects paired across a relation's two sides mean its direction is wrong;
+    a clip's objects may be listed in either order. A `reference` outside the grammar is a `ValueError`."""
+    ref = parse_caption(reference)
+    if ref is None:
+        raise ValueError(f"reference caption {reference!r} is outside the world's grammar")
+    cand = parse_caption(candidate)
+    if cand is None:
+        return ("grammar",)
+    if cand.kind != ref.kind or len(cand.objects) != len(ref.objects):
+        return ("objects",)
+    (c_objs, c_rel), (r_objs, r_rel) = _canonical_relation(cand), _canonical_relation(ref)
+    pairings = [(c_objs, [])]
+    if len(r_objs) == 2:
+        crossed = ["relation"] if ref.kind == "relation" else []     # a clip's objects have no order to respect
+        pairings.append((c_objs[::-1], crossed))
+    best: list[str] | None = None
+    for objs, extra in pairings:
+        errors = list(extra)
+        if c_rel != r_rel and "relation" not in errors:
+            errors.append("relation")
+        for c, r in zip(objs, r_objs):
+            errors += _object_errors(c, r)
+        if best is None or len(errors) < len(best):
+            best = errors
+    return tuple(kind for kind in ERROR_KINDS if kind in best)
 
 
 def caption_tags(text: str) -> tuple[str, ...]:

@@ -26,6 +26,10 @@ clauses) — the ceiling any verifier could reach. The main rows are the model's
 every draft's verdicts and scores are kept in `report["drafts"]`. Each task's rows are per tag
 (`world.TAGS`: single, relation, count, colour, motion, held-out) plus `overall`. The autoencoder's reconstruction
 PSNR on the test split is reported next to them (`autoencoder`).
+
+What the wrong captions get wrong (`captions.caption_errors`: a digit read as another digit, a relation turned
+round, a wrong motion, ...) is kept with each wrong caption in `report["failures"]` and counted per split and task in
+`report["caption_errors"]`: the share of all captions with each kind of error (a caption can have several).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import torch
 
 from ..data.render import render_sample
 from ..data.world import sample_image, sample_video, split_seed
+from .captions import ERROR_KINDS, caption_errors
 from .metrics import exact_match
 from .report import caption_table, tag_rows
 from .scorer import score_frames
@@ -177,9 +182,16 @@ def captioning(pipe: Any, kind: str, samples: list, settings: QualitySettings) -
         inputs = [f[0] for f in frames] if kind == "image" else frames
         candidates += pipe(inputs, max_new_tokens=settings.caption_tokens).text
     references = [s.caption for s in samples]
-    wrong = [{"index": i, "caption": c, "reference": r} for i, (c, r) in enumerate(zip(candidates, references))
-             if not exact_match(c, r)]
+    wrong = [{"index": i, "caption": c, "reference": r, "errors": list(caption_errors(c, r))}
+             for i, (c, r) in enumerate(zip(candidates, references)) if not exact_match(c, r)]
     return caption_table(candidates, references), wrong
+
+
+def error_rows(wrong: list[dict], samples: int) -> dict[str, float]:
+    """The share of `samples` captions with each kind of error (`ERROR_KINDS`), from `captioning`'s wrong captions;
+    `any` is the share of wrong captions (1 - exact match)."""
+    return {"samples": samples, "any": len(wrong) / samples,
+            **{kind: sum(kind in w["errors"] for w in wrong) / samples for kind in ERROR_KINDS}}
 
 
 def quality_report(source: Any = "shapes", settings: QualitySettings | None = None,
@@ -209,6 +221,7 @@ def quality_report(source: Any = "shapes", settings: QualitySettings | None = No
                     report.setdefault("drafts", {}).setdefault(split, {})[task] = extra["drafts"]
             else:
                 rows, failures = captioning(pipe, kind, samples, settings)
+                report.setdefault("caption_errors", {}).setdefault(split, {})[task] = error_rows(failures, n)
             report["splits"][split][task] = rows
             report["failures"][split][task] = failures
             report["seconds"][f"{split}/{task}"] = time.perf_counter() - start
@@ -249,6 +262,15 @@ def format_quality(report: dict) -> str:
                 cells = [f"{row[c]:.2f}" if c == "cider_d" else f"{100 * row[c]:.1f}%" for c in columns]
                 lines.append(f"| {tag} | {row['samples']} | " + " | ".join(cells) + " |")
             lines.append("")
+    if report.get("caption_errors"):
+        lines += ["**What the wrong captions get wrong** (share of all captions with each kind of error)", "",
+                  "| split · task | samples | any | " + " | ".join(ERROR_KINDS) + " |",
+                  "|---|---|---|" + "---|" * len(ERROR_KINDS)]
+        for split, tasks in report["caption_errors"].items():
+            for task, row in tasks.items():
+                cells = [f"{100 * row[k]:.1f}%" for k in ("any", *ERROR_KINDS)]
+                lines.append(f"| {split} · {task} | {row['samples']} | " + " | ".join(cells) + " |")
+        lines.append("")
     for split, tasks in report.get("candidates", {}).items():
         for task, per_k in tasks.items():
             lines += [f"**{split} · {task} · best of K drafts** (accuracy: the model's choice / the oracle's)", "",

@@ -40,6 +40,16 @@ def test_quality_report_of_a_random_pipeline():
     assert 0.0 < report["autoencoder"]["image_psnr"] < 20.0             # a random narrow autoencoder
     assert "in-distribution text_to_image accuracy" in headline(report)
     assert "| overall | 3 |" in format_quality(report)
+    # what the wrong captions get wrong: a share of all captions per kind; `any` is 1 - exact match
+    for split in ("test", "held-out"):
+        for task, n in (("image_to_text", 3), ("video_to_text", 2)):
+            errors = report["caption_errors"][split][task]
+            assert errors["samples"] == n
+            assert errors["any"] == pytest.approx(1 - report["splits"][split][task]["overall"]["exact"])
+            wrong = report["failures"][split][task]
+            assert all(w["errors"] for w in wrong)
+            assert errors["grammar"] == pytest.approx(sum("grammar" in w["errors"] for w in wrong) / n)
+    assert "| test · image_to_text | 3 |" in format_quality(report)
 
 
 def test_quality_settings_reject_bad_values():
