@@ -9,7 +9,8 @@ Sequence layout (token roles from `multimodal.tokenizers.text.SpecialTokens`)::
 
 - Text tokens are the backbone's embeddings plus the TEXT modality embedding.
 - Visual tokens: normalised autoencoder latents [C, T', h, w] are cut into `patch_size` x `patch_size` patches,
-  projected to the backbone width, and given the IMAGE or VIDEO modality embedding plus a learned projection of
+  projected to the backbone width (plus, with `visual_stem`, the projected patches of a small convolution over the
+  latent grid, `visual_stem.py`), and given the IMAGE or VIDEO modality embedding plus a learned projection of
   sinusoidal (time, row, column) features, so every visual token knows its frame, row and column; the backbone's
   rotary positions keep counting the sequence (as Emu3 and Show-o do, reference/multimodal.md §2). Their routing id
   for hash-routed MoE layers is the segment's begin marker.
@@ -45,6 +46,7 @@ from .decoders.image import ImageHead
 from .decoders.text import GenerationConfig, TextGenerationResult, generate_text
 from .tokenizers.patchify import patchify
 from .decoders.video import VideoHead
+from .visual_stem import VisualStem
 from .empty_init import empty_init
 from .io.atomic import atomic_path
 
@@ -87,6 +89,7 @@ class ModelConfig:
     num_image_queries: int = 16
     num_video_queries: int = 32
     position_frequencies: int = 16       # sinusoidal frequencies per (time, row, column) axis of visual tokens
+    visual_stem: int = 0                 # channels of the convolutional stem over the latents (visual_stem.py); 0: none
     height: int = 64                     # default output size
     width: int = 64
     num_frames: int = 17
@@ -105,6 +108,8 @@ class ModelConfig:
                      "num_image_queries", "num_video_queries", "position_frequencies", "num_frames"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ModelConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.visual_stem < 0:
+            raise ValueError(f"ModelConfig.visual_stem must be >= 0 (0: no stem), got {self.visual_stem}")
         if not 0.0 <= self.condition_dropout < 1.0:
             raise ValueError(f"condition_dropout must be in [0, 1), got {self.condition_dropout}")
         vocab = self.backbone.vocab_size
@@ -229,6 +234,7 @@ class UnifiedModel(nn.Module):
         for w in (self.modality_embed.weight, self.visual_in.weight, self.visual_pos.weight):
             nn.init.normal_(w, std=0.02)
         nn.init.zeros_(self.visual_in.bias)
+        self.visual_stem = VisualStem(cfg.latent_channels, cfg.visual_stem, p, dim) if cfg.visual_stem else None
         self.image_head = ImageHead(cfg.image_head)
         self.video_head = VideoHead(cfg.video_head)
 
@@ -253,6 +259,8 @@ class UnifiedModel(nn.Module):
         p = self.config.patch_size
         _, _, t, h, w = latents.shape
         x = self.visual_in(patchify(latents.to(self.dtype), p)[0])                       # [B, N, dim]
+        if self.visual_stem is not None:
+            x = x + self.visual_stem(latents.to(self.dtype))                             # [B, N, dim]
         pos = grid_position_features(t, h // p, w // p, self.config.position_frequencies, latents.device)
         x = x + self.visual_pos(pos.to(self.dtype))
         return x + self.modality_embed.weight[IMAGE if kind == "image" else VIDEO]

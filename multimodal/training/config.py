@@ -46,6 +46,9 @@ class TrainConfig:
     model: dict[str, Any] = field(default_factory=dict)   # BackboneConfig field overrides (sub-configs as dicts)
     flow_head: dict[str, Any] = field(default_factory=dict)   # media runs: FlowHeadConfig overrides of both heads,
                                                # or {"image": {...}, "video": {...}} for each head apart
+    visual_stem: int | None = None             # media runs: channels of the convolutional stem over the latents
+                                               # (ModelConfig.visual_stem; None: the preset's / init_from's; with
+                                               # init_from a model without one gains one, its function unchanged)
     autoencoder: str = ""                      # media tasks: the frozen autoencoder's weights ("" = the shipped ones,
                                                # or init_from's)
     init_from: str = ""                        # start from a trained model's weights and tokenizer (`warm_start`): a
@@ -120,6 +123,8 @@ class TrainConfig:
         if self.flow_head and set(self.flow_head) <= {"image", "video"}:
             check(all(isinstance(v, dict) for v in self.flow_head.values()),
                   f"flow_head per head must map 'image' / 'video' to dicts of overrides, got {self.flow_head!r}")
+        check(self.visual_stem is None or (isinstance(self.visual_stem, int) and self.visual_stem >= 0),
+              f"visual_stem must be an integer >= 0 (0: no stem) or null, got {self.visual_stem!r}")
         cache = self.latent_cache if isinstance(self.latent_cache, dict) else {"image": self.latent_cache}
         check(not set(cache) - {"image", "video"},
               f"latent_cache keys must be 'image' and/or 'video', got {sorted(set(cache) - {'image', 'video'})}")

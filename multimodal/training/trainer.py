@@ -204,8 +204,16 @@ class Trainer:
     def model_config(self):
         """`BackboneConfig` for text-only runs; the unified model's `ModelConfig` (heads sized by the preset, latent
         channels from the autoencoder) when a task sees pixels; with `init_from`, the checkpoint's."""
+        stem = self.config.visual_stem
         if self.warm is not None and self.trains_media:
-            return self.warm.config
+            config = self.warm.config
+            if stem is None or stem == config.visual_stem:
+                return config
+            if config.visual_stem:
+                raise ValueError(f"init_from {self.warm.path}: its model has a visual stem of {config.visual_stem} "
+                                 f"channels, the run asks for visual_stem={stem}; drop visual_stem, or start from "
+                                 f"scratch")
+            return config.replace(visual_stem=stem)          # a new stem on the checkpoint's model (`build_model`)
         if not self.trains_media:
             return self.backbone_config()
         from ..model import TokenIds, model_preset
@@ -215,7 +223,8 @@ class Trainer:
         channels = self.autoencoder.config.latent_channels
         heads = {f"{kind}_head": {**getattr(config, f"{kind}_head").__dict__, **self.config.flow_head_overrides(kind),
                                   "latent_channels": channels} for kind in ("image", "video")}
-        return config.replace(backbone=self.backbone_config(), latent_channels=channels, **heads)
+        stems = {} if stem is None else {"visual_stem": stem}
+        return config.replace(backbone=self.backbone_config(), latent_channels=channels, **heads, **stems)
 
     def cache_latents(self) -> None:
         """With `latent_cache`: the image and video training data of the media tasks become their first N items'
@@ -257,8 +266,17 @@ class Trainer:
         if self.warm is not None:
             tensors, self.warm.tensors = self.warm.tensors, None     # from here on only the model holds them
             if self._resume_from is None:
-                model.load_state_dict(tensors, strict=True)
+                missing, unexpected = model.load_state_dict(tensors, strict=False)
+                grown = [k for k in missing if k.startswith("visual_stem.")]
+                if unexpected or set(missing) - set(grown) or (grown and self.warm.config.visual_stem):
+                    raise ValueError(f"init_from {self.warm.path}: weights do not fit the model: missing "
+                                     f"{sorted(missing)}, unexpected {sorted(unexpected)}")
                 self.log(f"starting from the weights of {self.warm.path}")
+                if grown:
+                    count = sum(model.get_parameter(k).numel() for k in grown)
+                    self.log(f"a new visual stem ({model.config.visual_stem} channels, {count:,} parameters) on "
+                             f"its model: its output projection starts at zero, so the model computes what the "
+                             f"checkpoint did until training moves it")
         return model
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
@@ -377,6 +395,9 @@ class Trainer:
             self._check_resumable()
         self.out.mkdir(parents=True, exist_ok=True)
         seed_everything(cfg.seed)
+        if cfg.visual_stem and not self.trains_media:
+            raise ValueError(f"visual_stem={cfg.visual_stem}: the stem reads latents, but no task of this run sees "
+                             f"pixels (tasks {sorted(cfg.tasks)})")
         if cfg.init_from:
             self.warm = load_warm_start(cfg.init_from, self.trains_media)
             check_overrides(self.warm, cfg.model, {k: cfg.flow_head_overrides(k) for k in ("image", "video")})

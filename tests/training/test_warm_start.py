@@ -131,3 +131,35 @@ def test_the_cli_flag(tmp_path, bf16_pipeline, capsys):
     assert f"starting from the weights of {bf16_pipeline}" in capsys.readouterr().out
     assert main(["train", "autoencoder", "--init-from", "shapes", "--out", str(tmp_path / "ae")]) == 2
     assert "--init-from is not used by autoencoder training" in capsys.readouterr().err
+
+
+def test_a_visual_stem_grows_on_a_checkpoint_without_one(tmp_path, bf16_pipeline):
+    """`visual_stem` with `init_from`: the checkpoint's weights everywhere else, a new stem whose zero projection
+    leaves the caption loss of the first batch as the checkpoint's; training moves it; the run's pipeline keeps it;
+    a stem of another width on a checkpoint that has one, or on a text-only run, is refused by name."""
+    plain = Trainer(_media(init_from=str(bf16_pipeline), max_steps=3), tmp_path / "plain", **QUIET)
+    grown = Trainer(_media(init_from=str(bf16_pipeline), max_steps=3, visual_stem=8), tmp_path / "grown", **QUIET)
+    assert plain.model.visual_stem is None and grown.model.config.visual_stem == 8
+    plain_state, grown_state = plain.model.state_dict(), grown.model.state_dict()
+    assert set(grown_state) - set(plain_state) == {k for k in grown_state if k.startswith("visual_stem.")}
+    for key, value in plain_state.items():
+        assert torch.equal(grown_state[key], value), key
+    ids = plain.model.config.token_ids
+    z = torch.randn(2, 16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        losses = [t.model.caption_loss(z, "image", [[ids.bos, 20, 21, ids.eos]] * 2) for t in (plain, grown)]
+    assert torch.equal(*losses)
+    start = {k: v.clone() for k, v in grown_state.items() if k.startswith("visual_stem.")}
+    grown.train()
+    assert all(not torch.equal(start[k], grown.model.state_dict()[k]) for k in start)
+    out = MultimodalPipeline.from_pretrained(tmp_path / "grown" / "pipeline")
+    assert out.model.config.visual_stem == 8
+    again = Trainer(_media(init_from=str(tmp_path / "grown" / "pipeline"), visual_stem=8), tmp_path / "same", **QUIET)
+    assert torch.equal(again.model.visual_stem.out.weight, out.model.visual_stem.out.weight.float())
+    with pytest.raises(ValueError, match="has a visual stem of 8 channels, the run asks for visual_stem=16"):
+        Trainer(_media(init_from=str(tmp_path / "grown" / "pipeline"), visual_stem=16), tmp_path / "wider", **QUIET)
+    with pytest.raises(ValueError, match="visual_stem=8: the stem reads latents, but no task of this run sees"):
+        Trainer(_media(tasks={"text": 1.0}, visual_stem=8), tmp_path / "text", **QUIET)
+    from multimodal.training.config import TrainConfig
+    with pytest.raises(ValueError, match="visual_stem must be an integer >= 0"):
+        TrainConfig(visual_stem=-2)
