@@ -6,8 +6,9 @@ patches, so a small object (a 12-pixel digit covers 1.5 x 1.5 latent cells) that
 inputs of other tokens, and the backbone must learn each glyph at every offset. On the built-in model that is the
 commonest caption error (a digit read as another digit: 23% of test image captions, 33% of clip captions;
 docs/quality.md), while the autoencoder's latents hold the digit (its reconstructions are read right by the world's
-scorer 95% of the time, and a two-layer convolution over the latents, trained alone on 1.8k single digits, reads 89%
-of the validation split's unseen glyphs, where a two-layer MLP over the whole grid reads 22%).
+scorer 95% of the time, and a two-layer convolution over the latents, trained alone on 1.8k single digits, reads 87%
+of the validation split's unseen glyphs, where a two-layer MLP over the whole grid reads 25%:
+`benchmarks/digit_probe.py`).
 
 `VisualStem` adds what a convolution gives: per latent frame, two 3 x 3 convolutions with GELU ([B, C, T', h, w] ->
 [B, width, T', h, w], a 5 x 5-cell receptive field, weights shared across positions), then the same patch cut as the
