@@ -30,7 +30,8 @@ def add_parser(sub) -> None:
     p.add_argument("target", nargs="?", default="model", choices=TARGETS, help="what to train (default: model)")
     p.add_argument("--preset", default=None,
                    help="training preset: debug, tiny (text only), mix-debug, mix-tiny, shapes-demo, shapes-demo-2, "
-                        "shapes-demo-3, shapes-demo-4, shapes-demo-5, shapes-gpu (all tasks); default debug")
+                        "shapes-demo-3, shapes-demo-4, shapes-demo-5, shapes-demo-6, shapes-gpu (all tasks); "
+                        "default debug")
     p.add_argument("--config", default=None, help="JSON file of TrainConfig fields")
     p.add_argument("--data", default=None, help="'world', or a folder / .jsonl of (image or video, caption) pairs")
     p.add_argument("--out", required=True, help="output folder (checkpoints, metrics, final model)")

@@ -40,7 +40,7 @@ def test_bad_values_are_named(field, value, message):
 def test_presets():
     backbones = {"debug": "debug", "tiny": "tiny", "mix-debug": "debug", "mix-tiny": "tiny", "shapes-demo": "tiny",
                  "shapes-demo-2": "tiny", "shapes-demo-3": "tiny", "shapes-demo-4": "tiny",
-                 "shapes-demo-5": "tiny", "shapes-gpu": "tiny"}
+                 "shapes-demo-5": "tiny", "shapes-demo-6": "tiny", "shapes-gpu": "tiny"}
     assert set(TRAIN_PRESETS) == set(backbones)
     for name in TRAIN_PRESETS:
         cfg = train_preset(name)
@@ -52,6 +52,9 @@ def test_presets():
     stage4 = train_preset("shapes-demo-4")           # the same recipe, a new data order
     assert stage4.replace(seed=3, max_steps=1200, eval_every=300, save_every=300) == stage3
     assert train_preset("shapes-demo-5").replace(seed=6) == stage4
+    stage6 = train_preset("shapes-demo-6")           # a caption-heavy mix from stage 5's weights
+    assert stage6.init_from == "shapes" and stage6.tasks["image_to_text"] == stage6.tasks["video_to_text"] == 0.35
+    assert (stage6.score_samples_of("image"), stage6.score_samples_of("video"), stage6.max_steps) == (200, 100, 1200)
     with pytest.raises(ValueError, match="resident_data needs latent_cache"):
         TrainConfig(tasks={"text_to_image": 1.0}, resident_data=True)
     with pytest.raises(ValueError, match=r"unknown tasks \['image_to_speech'\]"):
