@@ -5,6 +5,7 @@
     multimodal train --out runs/lm --resume                            # continue where the run stopped
     multimodal train --init-from shapes --data photos/ --out runs/ft   # fine-tune the built-in model
     multimodal train autoencoder --out runs/ae --max-time 600          # the causal 3D autoencoder
+    multimodal train stem --out runs/stem                              # pretrain a visual stem's convolutions
     python -m multimodal train ...   /   torchrun -m multimodal train ...
 
 The model's recipe comes from a training preset (`--preset`, see `TRAIN_PRESETS`) or a JSON config file
@@ -20,18 +21,19 @@ import json
 import signal
 from pathlib import Path
 
-TARGETS = ("model", "autoencoder")
+TARGETS = ("model", "autoencoder", "stem")
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train the model or the video autoencoder",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description=__doc__.split("\n\n", 1)[1].split("The model's recipe")[0])
-    p.add_argument("target", nargs="?", default="model", choices=TARGETS, help="what to train (default: model)")
+    p.add_argument("target", nargs="?", default="model", choices=TARGETS, help="what to train (default: model); stem: a visual stem's convolutions "
+                        "as a reader of the world's objects (training/stem_pretraining.py)")
     p.add_argument("--preset", default=None,
                    help="training preset: debug, tiny (text only), mix-debug, mix-tiny, shapes-demo, shapes-demo-2, "
-                        "shapes-demo-3, shapes-demo-4, shapes-demo-5, shapes-demo-6, shapes-gpu (all tasks); "
-                        "default debug")
+                        "shapes-demo-3, shapes-demo-4, shapes-demo-5, shapes-demo-6, shapes-demo-7, shapes-gpu "
+                        "(all tasks); default debug")
     p.add_argument("--config", default=None, help="JSON file of TrainConfig fields")
     p.add_argument("--data", default=None, help="'world', or a folder / .jsonl of (image or video, caption) pairs")
     p.add_argument("--out", required=True, help="output folder (checkpoints, metrics, final model)")
@@ -155,10 +157,33 @@ def run_autoencoder(args) -> int:
     return 0
 
 
+def run_stem(args) -> int:
+    """Pretrain a visual stem (`multimodal.training.stem_pretraining`): --config takes StemPretrainConfig fields."""
+    from multimodal.config_keys import reject_unknown_keys
+    from multimodal.training.stem_pretraining import StemPretrainConfig, pretrain_stem
+
+    data = json.loads(Path(args.config).read_text()) if args.config else {}
+    reject_unknown_keys(StemPretrainConfig, data)
+    for flag in ("data", "preset", "init_from"):
+        if getattr(args, flag) not in (None, "world"):
+            raise ValueError(f"--{flag.replace('_', '-')} is not used by stem pretraining (it reads the world's "
+                             f"latents)")
+    if args.resume:
+        raise ValueError("--resume is not used by stem pretraining (a run takes minutes: run it again)")
+    for key, value in (("max_steps", args.max_steps), ("seed", args.seed), ("device", args.device)):
+        if value is not None:
+            data[key] = value
+    report = pretrain_stem(StemPretrainConfig(**data), args.out, log=lambda s: print(s, flush=True))
+    print("validation: " + "; ".join(f"{k}: shape {100 * v['shape']:.1f}%, digit {100 * v['digit']:.1f}%, colour "
+                                     f"{100 * v['colour']:.1f}%, size {100 * v['size']:.1f}%"
+                                     for k, v in report["validation"].items()), flush=True)
+    return 0
+
+
 def run(args) -> int:
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         import torch
         torch.set_num_threads(args.threads)
-    return run_autoencoder(args) if args.target == "autoencoder" else run_model(args)
+    return {"autoencoder": run_autoencoder, "stem": run_stem}.get(args.target, run_model)(args)

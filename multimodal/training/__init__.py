@@ -9,11 +9,13 @@ from .config import TASK_NAMES, TRAIN_PRESETS, TrainConfig, train_preset
 from .learning_curve import plot_learning_curve
 from .metrics import MetricsLog, plot_metrics, read_metrics
 from .schedule import WarmupCosine
+from .stem_pretraining import StemPretrainConfig, pretrain_stem
 from .trainer import Trainer, TrainResult
 
 __all__ = [
     "CheckpointWriteError",
     "MetricsLog",
+    "StemPretrainConfig",
     "TASK_NAMES",
     "TRAIN_PRESETS",
     "TrainConfig",
@@ -24,6 +26,7 @@ __all__ = [
     "load_checkpoint",
     "plot_learning_curve",
     "plot_metrics",
+    "pretrain_stem",
     "read_metrics",
     "save_checkpoint",
     "train_preset",

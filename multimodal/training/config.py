@@ -49,6 +49,11 @@ class TrainConfig:
     visual_stem: int | None = None             # media runs: channels of the convolutional stem over the latents
                                                # (ModelConfig.visual_stem; None: the preset's / init_from's; with
                                                # init_from a model without one gains one, its function unchanged)
+    visual_stem_init: str = ""                 # a pretrained stem's convolutions (`multimodal train stem`,
+                                               # training/stem_pretraining.py) for a new stem ("" = random init)
+    freeze: list[str] = field(default_factory=list)   # parameter-name prefixes kept as loaded (no gradient, not in
+                                               # the optimizer), e.g. a pretrained stem's ["visual_stem.conv1",
+                                               # "visual_stem.conv2"]; a prefix that names no parameter is an error
     autoencoder: str = ""                      # media tasks: the frozen autoencoder's weights ("" = the shipped ones,
                                                # or init_from's)
     init_from: str = ""                        # start from a trained model's weights and tokenizer (`warm_start`): a
@@ -125,6 +130,11 @@ class TrainConfig:
                   f"flow_head per head must map 'image' / 'video' to dicts of overrides, got {self.flow_head!r}")
         check(self.visual_stem is None or (isinstance(self.visual_stem, int) and self.visual_stem >= 0),
               f"visual_stem must be an integer >= 0 (0: no stem) or null, got {self.visual_stem!r}")
+        check(isinstance(self.freeze, (list, tuple)) and all(isinstance(f, str) and f for f in self.freeze),
+              f"freeze must be a list of parameter-name prefixes, got {self.freeze!r}")
+        self.freeze = list(self.freeze)
+        check(isinstance(self.visual_stem_init, str), f"visual_stem_init must be a path or \"\", got "
+              f"{self.visual_stem_init!r}")
         cache = self.latent_cache if isinstance(self.latent_cache, dict) else {"image": self.latent_cache}
         check(not set(cache) - {"image", "video"},
               f"latent_cache keys must be 'image' and/or 'video', got {sorted(set(cache) - {'image', 'video'})}")
@@ -300,6 +310,17 @@ TRAIN_PRESETS["shapes-demo-6"] = {**copy.deepcopy(TRAIN_PRESETS["shapes-demo-5"]
                                   **dict(seed=9, tasks=dict(SHAPES_CAPTION_MIX), lr=3e-4, max_steps=1200,
                                          score_samples={"image": 200, "video": 100}, eval_every=300,
                                          save_every=300)}
+
+# its seventh stage: stage 6's recipe (seed 10) from its shipped weights, with a 64-channel visual stem grown on the
+# model whose convolutions were first pretrained as a reader of each latent cell's object (`multimodal train stem --out
+# runs/stem`, training/stem_pretraining.py): the stem grown untrained in stage 6's ablation learned no digits from the
+# captions alone. The pretrained convolutions are frozen (`freeze`): left trainable, the captions' small, noisy
+# gradients, scaled up by Adam, wore their digit reading down from 89% to 77% in 300 updates (docs/quality.md).
+# `visual_stem_init` is relative to the folder the run starts in.
+TRAIN_PRESETS["shapes-demo-7"] = {**copy.deepcopy(TRAIN_PRESETS["shapes-demo-6"]),
+                                  **dict(seed=10, visual_stem=64,
+                                         visual_stem_init="runs/stem/visual_stem.safetensors",
+                                         freeze=["visual_stem.conv1", "visual_stem.conv2"])}
 
 
 def train_preset(name: str) -> TrainConfig:

@@ -277,7 +277,55 @@ class Trainer:
                     self.log(f"a new visual stem ({model.config.visual_stem} channels, {count:,} parameters) on "
                              f"its model: its output projection starts at zero, so the model computes what the "
                              f"checkpoint did until training moves it")
+        if self.config.visual_stem_init and self._resume_from is None:
+            self.load_pretrained_stem(model)
+        self.freeze_parameters(model)
         return model
+
+    def freeze_parameters(self, model: nn.Module) -> None:
+        """Keep the parameters named by `freeze` (name prefixes) as loaded: no gradient, so no optimizer update."""
+        if not self.config.freeze:
+            return
+        names = [name for name, _ in model.named_parameters()]
+        frozen = 0
+        for prefix in self.config.freeze:
+            hits = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+            if not hits:
+                raise ValueError(f"freeze {prefix!r}: no parameter of the model is named so (e.g. "
+                                 f"{', '.join(names[:3])}, ...)")
+            for n in hits:
+                p = model.get_parameter(n)
+                frozen += p.numel() if p.requires_grad else 0
+                p.requires_grad_(False)
+        self.log(f"frozen: {', '.join(self.config.freeze)} ({frozen:,} parameters)")
+
+    def load_pretrained_stem(self, model: nn.Module) -> None:
+        """Put the convolutions of `visual_stem_init` (`multimodal train stem`) into the model's new stem; refuse, by
+        name, a model without a stem or with a trained one, another width or latent size, or another autoencoder."""
+        from .latent_cache import autoencoder_digest
+        from .stem_pretraining import STEM_KEYS, load_stem_file
+
+        path = self.config.visual_stem_init
+        stem = getattr(model, "visual_stem", None)
+        if stem is None:
+            raise ValueError(f"visual_stem_init {path}: the model has no visual stem; set visual_stem (its width)")
+        if self.warm is not None and self.warm.config.visual_stem:
+            raise ValueError(f"visual_stem_init {path}: the init_from model {self.warm.path} already has a trained "
+                             f"stem; drop visual_stem_init")
+        tensors, meta = load_stem_file(path)
+        if int(meta["width"]) != stem.conv1.out_channels or int(meta["latent_channels"]) != stem.conv1.in_channels:
+            raise ValueError(f"visual_stem_init {path}: a stem of {meta['width']} channels over "
+                             f"{meta['latent_channels']} latent channels, the model's has {stem.conv1.out_channels} "
+                             f"over {stem.conv1.in_channels}")
+        if meta["autoencoder"] != autoencoder_digest(self.autoencoder):
+            raise ValueError(f"visual_stem_init {path}: pretrained on another autoencoder's latents than this run's")
+        with torch.no_grad():
+            for key in STEM_KEYS:
+                stem.get_parameter(key).copy_(tensors[key])
+        read = json.loads(meta.get("validation", "{}"))
+        self.log(f"the visual stem's convolutions from {path} (" + "; ".join(
+            f"{kind}s of the validation split: shapes {100 * v['shape']:.1f}%, digits {100 * v['digit']:.1f}%"
+            for kind, v in read.items()) + ")")
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
         """Hook for parallel wrappers (FSDP2, expert parallel); the plain trainer returns `model`, with the parts named

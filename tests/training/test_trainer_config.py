@@ -31,6 +31,8 @@ def test_unknown_keys_are_named(tmp_path):
     ("tasks", {"text": -1.0}, "task weights must be >= 0"),
     ("grad_accum", 0, "grad_accum must be > 0, got 0"),
     ("betas", (0.9, 1.5), "betas must be two numbers"),
+    ("visual_stem_init", 64, "visual_stem_init must be a path"),
+    ("freeze", "visual_stem", "freeze must be a list of parameter-name prefixes"),
 ])
 def test_bad_values_are_named(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -40,7 +42,8 @@ def test_bad_values_are_named(field, value, message):
 def test_presets():
     backbones = {"debug": "debug", "tiny": "tiny", "mix-debug": "debug", "mix-tiny": "tiny", "shapes-demo": "tiny",
                  "shapes-demo-2": "tiny", "shapes-demo-3": "tiny", "shapes-demo-4": "tiny",
-                 "shapes-demo-5": "tiny", "shapes-demo-6": "tiny", "shapes-gpu": "tiny"}
+                 "shapes-demo-5": "tiny", "shapes-demo-6": "tiny", "shapes-demo-7": "tiny",
+                 "shapes-gpu": "tiny"}
     assert set(TRAIN_PRESETS) == set(backbones)
     for name in TRAIN_PRESETS:
         cfg = train_preset(name)
@@ -55,6 +58,10 @@ def test_presets():
     stage6 = train_preset("shapes-demo-6")           # a caption-heavy mix from stage 5's weights
     assert stage6.init_from == "shapes" and stage6.tasks["image_to_text"] == stage6.tasks["video_to_text"] == 0.35
     assert (stage6.score_samples_of("image"), stage6.score_samples_of("video"), stage6.max_steps) == (200, 100, 1200)
+    stage7 = train_preset("shapes-demo-7")           # stage 6's recipe with a pretrained stem grown on its weights
+    assert stage7.replace(seed=9, visual_stem=None, visual_stem_init="", freeze=[]) == stage6
+    assert stage7.freeze == ["visual_stem.conv1", "visual_stem.conv2"]
+    assert stage7.visual_stem == 64 and stage7.visual_stem_init.endswith("visual_stem.safetensors")
     with pytest.raises(ValueError, match="resident_data needs latent_cache"):
         TrainConfig(tasks={"text_to_image": 1.0}, resident_data=True)
     with pytest.raises(ValueError, match=r"unknown tasks \['image_to_speech'\]"):

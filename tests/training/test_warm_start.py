@@ -163,3 +163,47 @@ def test_a_visual_stem_grows_on_a_checkpoint_without_one(tmp_path, bf16_pipeline
     from multimodal.training.config import TrainConfig
     with pytest.raises(ValueError, match="visual_stem must be an integer >= 0"):
         TrainConfig(visual_stem=-2)
+
+
+def test_a_grown_stem_takes_pretrained_convolutions(tmp_path, bf16_pipeline):
+    """`visual_stem_init`: a new stem's convolutions come from `multimodal train stem`'s file, its projection stays
+    zero (the checkpoint's function is unchanged); a run without a stem, another width or another autoencoder's
+    stem are refused by name."""
+    from multimodal.training.stem_pretraining import StemPretrainConfig, pretrain_stem
+
+    ae = bf16_pipeline.parent / "ae.safetensors"
+    pretrain_stem(StemPretrainConfig(width=8, images=16, videos=0, validation_images=8, validation_videos=0,
+                                     max_steps=4, batch_size=8, eval_every=4, autoencoder=str(ae)),
+                  tmp_path / "stem", log=lambda s: None)
+    stem_file = str(tmp_path / "stem" / "visual_stem.safetensors")
+    stored = load_file(stem_file)
+    plain = Trainer(_media(init_from=str(bf16_pipeline)), tmp_path / "plain", **QUIET)
+    grown = Trainer(_media(init_from=str(bf16_pipeline), visual_stem=8, visual_stem_init=stem_file),
+                    tmp_path / "grown", **QUIET)
+    for key, value in stored.items():
+        assert torch.equal(grown.model.visual_stem.get_parameter(key), value), key
+    assert not grown.model.visual_stem.out.weight.any()
+    ids = plain.model.config.token_ids
+    z = torch.randn(2, 16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        losses = [t.model.caption_loss(z, "image", [[ids.bos, 20, 21, ids.eos]] * 2) for t in (plain, grown)]
+    assert torch.equal(*losses)
+    frozen = Trainer(_media(init_from=str(bf16_pipeline), visual_stem=8, visual_stem_init=stem_file, max_steps=2,
+                            freeze=["visual_stem.conv1", "visual_stem.conv2"]), tmp_path / "frozen", **QUIET)
+    frozen.train()                                  # `freeze`: the pretrained convolutions stay, the projection moves
+    for key, value in stored.items():
+        assert torch.equal(frozen.model.visual_stem.get_parameter(key), value), key
+    assert frozen.model.visual_stem.out.weight.any()
+    with pytest.raises(ValueError, match="freeze 'visual_stem.conv3': no parameter of the model is named so"):
+        Trainer(_media(init_from=str(bf16_pipeline), visual_stem=8, freeze=["visual_stem.conv3"]), tmp_path / "f3",
+                **QUIET)
+    with pytest.raises(ValueError, match="visual_stem_init .*: the model has no visual stem"):
+        Trainer(_media(init_from=str(bf16_pipeline), visual_stem_init=stem_file), tmp_path / "none", **QUIET)
+    with pytest.raises(ValueError, match="a stem of 8 channels over 16 latent channels, the model's has 16"):
+        Trainer(_media(init_from=str(bf16_pipeline), visual_stem=16, visual_stem_init=stem_file), tmp_path / "w",
+                **QUIET)
+    other = tmp_path / "other_ae.safetensors"
+    torch.manual_seed(1)
+    CausalAutoencoder(AutoencoderConfig(channels=(8, 16, 16), latent_channels=16)).save_pretrained(other)
+    with pytest.raises(ValueError, match="pretrained on another autoencoder's latents than this run's"):
+        Trainer(_media(visual_stem=8, visual_stem_init=stem_file, autoencoder=str(other)), tmp_path / "ae", **QUIET)
