@@ -12,6 +12,8 @@ Parameter groups (`param_groups`; every trainable parameter in exactly one, test
 | `no_decay` | vectors (norm gains, biases, mHC scalars, sinks) and norm gains stored | AdamW     | `lr`                | 0     |
 |            | as matrices                                                            |           |                     |       |
 | `engram`   | Engram memory tables (`*.engram.table.*`)                              | AdamW     | `lr * engram_lr_mult` | 0   |
+| `<prefix>` | parameters named by a prefix of `lr_scales` (e.g. a new part's          | AdamW     | `lr * lr_scales[..]` | as above |
+|            | projection), before any rule above                                      |           |                     |       |
 
 As in Keller Jordan's Muon and Moonshot's Moonlight the embedding, LM head and vectors stay with AdamW; the Engram
 tables get Adam with a 5x learning rate and no decay (Engram paper §4.1, ../shared/reference/mhc_engram.md §4.3).
@@ -104,17 +106,25 @@ def _is_muon_param(name: str, p: nn.Parameter) -> bool:
         name.endswith("embed.weight") or name == "head.weight" or name.endswith(".head.weight") or leaf == "tid2eid")
 
 
-def param_groups(model: nn.Module, weight_decay: float, muon: bool,
-                 engram_lr_mult: float = 5.0) -> dict[str, list[dict]]:
-    """{"adamw": [decay, no_decay, engram groups (the non-empty ones)], "muon": [group] or []} of `model`'s
-    trainable parameters, each once (module docstring). Groups carry their `name`; the Engram one `lr_scale`."""
+def param_groups(model: nn.Module, weight_decay: float, muon: bool, engram_lr_mult: float = 5.0,
+                 lr_scales: dict[str, float] | None = None) -> dict[str, list[dict]]:
+    """{"adamw": [decay, no_decay, engram groups, then those of `lr_scales` (the non-empty ones)], "muon": [group] or
+    []} of `model`'s trainable parameters, each once (module docstring). Groups carry their `name`; the Engram one and
+    those of `lr_scales` (parameter-name prefix -> multiplier; AdamW, decay as for the rest) an `lr_scale`."""
     seen: set[int] = set()
     parts: dict[str, list[nn.Parameter]] = {"muon": [], "decay": [], "no_decay": [], "engram": []}
+    scaled: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for prefix in lr_scales or {}:
+        if not any(n == prefix or n.startswith(prefix + ".") for n, p in model.named_parameters() if p.requires_grad):
+            raise ValueError(f"lr_scale {prefix!r}: no trainable parameter of the model is named so")
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        if is_engram_table(name):
+        prefix = next((k for k in lr_scales or {} if name == k or name.startswith(k + ".")), None)
+        if prefix is not None:
+            scaled.setdefault((prefix, p.ndim >= 2 and not _is_norm(name)), []).append(p)
+        elif is_engram_table(name):
             parts["engram"].append(p)
         elif muon and _is_muon_param(name, p):
             parts["muon"].append(p)
@@ -125,6 +135,8 @@ def param_groups(model: nn.Module, weight_decay: float, muon: bool,
     adamw = [{"params": parts["decay"], "weight_decay": weight_decay, "name": "decay"},
              {"params": parts["no_decay"], "weight_decay": 0.0, "name": "no_decay"},
              {"params": parts["engram"], "weight_decay": 0.0, "name": "engram", "lr_scale": engram_lr_mult}]
+    adamw += [{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr_scale": float(lr_scales[prefix]),
+               "name": f"{prefix} ({'decay' if decay else 'no_decay'})"} for (prefix, decay), ps in scaled.items()]
     return {"adamw": [g for g in adamw if g["params"]],
             "muon": [{"params": parts["muon"], "weight_decay": weight_decay, "name": "muon"}] if parts["muon"] else []}
 
@@ -181,7 +193,8 @@ class CombinedOptimizer:
 
 def build_optimizer(model: nn.Module, name: str = "muon", lr: float = 3e-4, weight_decay: float = 0.1,
                     betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8,
-                    engram_lr_mult: float = 5.0) -> torch.optim.Optimizer | CombinedOptimizer:
+                    engram_lr_mult: float = 5.0,
+                    lr_scales: dict[str, float] | None = None) -> torch.optim.Optimizer | CombinedOptimizer:
     """AdamW (`name="adamw"`) or Muon + AdamW (`name="muon"`) over `model`'s trainable parameters (module docstring).
     Each group's `lr` starts at `lr * lr_scale`."""
     if name not in ("adamw", "muon"):
@@ -191,7 +204,7 @@ def build_optimizer(model: nn.Module, name: str = "muon", lr: float = 3e-4, weig
             raise ValueError(f"{key} must be > 0, got {value}")
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-    groups = param_groups(model, weight_decay, muon=name == "muon", engram_lr_mult=engram_lr_mult)
+    groups = param_groups(model, weight_decay, muon=name == "muon", engram_lr_mult=engram_lr_mult, lr_scales=lr_scales)
     if not groups["adamw"]:
         raise ValueError("the model has no trainable parameters outside Muon's matrices (no norm, bias or embedding)")
     for g in groups["adamw"]:

@@ -339,7 +339,8 @@ class Trainer:
 
     def build_optimizer(self, model: nn.Module):
         cfg = self.config
-        return build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
+        return build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps,
+                               lr_scales=cfg.lr_scale)
 
     def build_tasks(self) -> dict[str, Any]:
         """The tasks with a weight > 0, by name."""

@@ -74,6 +74,28 @@ def test_engram_tables_get_their_own_lr_and_no_decay_through_the_schedule():
     assert by_name["engram"]["lr"] == pytest.approx(1e-2) and by_name["muon"]["lr"] == pytest.approx(2e-3)
 
 
+def test_lr_scales_give_named_parts_their_own_rate():
+    """`lr_scales` (TrainConfig.lr_scale): the parameters under a prefix leave their usual group for AdamW groups of
+    their own at `lr * scale` through the schedule, decay as before; every parameter is still in one group; a prefix
+    naming no trainable parameter is refused by name."""
+    model = small_model()
+    groups = param_groups(model, 0.1, muon=True, lr_scales={"layers.0.attn": 10.0})
+    got = names(model, groups)
+    listed = [n for group in got.values() for n in group]
+    assert sorted(listed) == sorted(n for n, _ in model.named_parameters())
+    scaled = got["layers.0.attn (decay)"] | got.get("layers.0.attn (no_decay)", set())
+    assert scaled == {n for n, _ in model.named_parameters() if n.startswith("layers.0.attn.")}
+    assert not any(n.startswith("layers.0.attn.") for n in got["muon"] | got["decay"] | got["no_decay"])
+    opt = build_optimizer(model, "muon", lr=1e-3, weight_decay=0.1, lr_scales={"layers.0.attn": 10.0})
+    by_name = {g["name"]: g for g in opt.param_groups}
+    assert by_name["layers.0.attn (decay)"]["lr"] == pytest.approx(1e-2)
+    assert by_name["layers.0.attn (decay)"]["weight_decay"] == 0.1
+    WarmupCosine(peak_lr=2e-3, warmup_steps=0, total_steps=10).apply(opt)
+    assert by_name["layers.0.attn (decay)"]["lr"] == pytest.approx(2e-2) and by_name["muon"]["lr"] == pytest.approx(2e-3)
+    with pytest.raises(ValueError, match="lr_scale 'layers.0.atn': no trainable parameter of the model is named so"):
+        param_groups(model, 0.1, muon=True, lr_scales={"layers.0.atn": 10.0})
+
+
 def test_muon_step_is_orthogonalised():
     """Muon's update of a matrix (and of each matrix of a stack) has nearly equal singular values even for a
     rank-skewed gradient."""

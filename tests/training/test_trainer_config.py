@@ -33,6 +33,7 @@ def test_unknown_keys_are_named(tmp_path):
     ("betas", (0.9, 1.5), "betas must be two numbers"),
     ("visual_stem_init", 64, "visual_stem_init must be a path"),
     ("freeze", "visual_stem", "freeze must be a list of parameter-name prefixes"),
+    ("lr_scale", {"visual_stem.out": 0}, "lr_scale must map parameter-name prefixes to multipliers > 0"),
 ])
 def test_bad_values_are_named(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -59,7 +60,7 @@ def test_presets():
     assert stage6.init_from == "shapes" and stage6.tasks["image_to_text"] == stage6.tasks["video_to_text"] == 0.35
     assert (stage6.score_samples_of("image"), stage6.score_samples_of("video"), stage6.max_steps) == (200, 100, 1200)
     stage7 = train_preset("shapes-demo-7")           # stage 6's recipe with a pretrained stem grown on its weights
-    assert stage7.replace(seed=9, visual_stem=None, visual_stem_init="", freeze=[]) == stage6
+    assert stage7.replace(seed=9, visual_stem=None, visual_stem_init="", freeze=[], lr_scale={}) == stage6
     assert stage7.freeze == ["visual_stem.conv1", "visual_stem.conv2"]
     assert stage7.visual_stem == 64 and stage7.visual_stem_init.endswith("visual_stem.safetensors")
     with pytest.raises(ValueError, match="resident_data needs latent_cache"):
