@@ -25,11 +25,12 @@ TARGETS = ("model", "autoencoder", "stem")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train the model or the video autoencoder",
+    p = sub.add_parser("train", help="train the model, the video autoencoder or a visual stem",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description=__doc__.split("\n\n", 1)[1].split("The model's recipe")[0])
-    p.add_argument("target", nargs="?", default="model", choices=TARGETS, help="what to train (default: model); stem: a visual stem's convolutions "
-                        "as a reader of the world's objects (training/stem_pretraining.py)")
+    p.add_argument("target", nargs="?", default="model", choices=TARGETS,
+                   help="what to train (default: model); stem: a visual stem's convolutions as a reader of the "
+                        "world's objects (training/stem_pretraining.py)")
     p.add_argument("--preset", default=None,
                    help="training preset: debug, tiny (text only), mix-debug, mix-tiny, shapes-demo, shapes-demo-2, "
                         "shapes-demo-3, shapes-demo-4, shapes-demo-5, shapes-demo-6, shapes-demo-7, shapes-gpu "

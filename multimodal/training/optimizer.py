@@ -12,8 +12,8 @@ Parameter groups (`param_groups`; every trainable parameter in exactly one, test
 | `no_decay` | vectors (norm gains, biases, mHC scalars, sinks) and norm gains stored | AdamW     | `lr`                | 0     |
 |            | as matrices                                                            |           |                     |       |
 | `engram`   | Engram memory tables (`*.engram.table.*`)                              | AdamW     | `lr * engram_lr_mult` | 0   |
-| `<prefix>` | parameters named by a prefix of `lr_scales` (e.g. a new part's          | AdamW     | `lr * lr_scales[..]` | as above |
-|            | projection), before any rule above                                      |           |                     |       |
+| `<prefix>` | parameters under a name prefix of `lr_scales` (a new part's projection, | AdamW     | `lr * lr_scales[p]` | as    |
+|            | say), taken before any rule above; split by decay like the rest        |           |                     | above |
 
 As in Keller Jordan's Muon and Moonshot's Moonlight the embedding, LM head and vectors stay with AdamW; the Engram
 tables get Adam with a 5x learning rate and no decay (Engram paper §4.1, ../shared/reference/mhc_engram.md §4.3).

@@ -102,7 +102,9 @@ def cell_targets(sample: WorldSample, latent_frames: int, grid: tuple[int, int],
         for obj in sample.objects:
             for t in frames:
                 x0, y0, x1, y1 = obj.box(t)
-                touched[max(0, y0 // cell):min(h, (y1 - 1) // cell + 1), max(0, x0 // cell):min(w, (x1 - 1) // cell + 1)] = True
+                rows = slice(max(0, y0 // cell), min(h, (y1 - 1) // cell + 1))
+                cols = slice(max(0, x0 // cell), min(w, (x1 - 1) // cell + 1))
+                touched[rows, cols] = True
             cx = sum(obj.centre(t)[0] for t in frames) / len(frames)
             cy = sum(obj.centre(t)[1] for t in frames) / len(frames)
             key = (min(h - 1, max(0, int(cy // cell))), min(w - 1, max(0, int(cx // cell))))
