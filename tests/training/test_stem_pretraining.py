@@ -117,3 +117,14 @@ def test_bad_stem_files_and_settings_are_refused_by_name(tmp_path, capsys):
     assert "unknown StemPretrainConfig keys: ['widht']" in capsys.readouterr().err
     assert main(["train", "stem", "--init-from", "shapes", "--out", str(tmp_path / "o")]) == 2
     assert "--init-from is not used by stem pretraining" in capsys.readouterr().err
+
+
+def test_the_cli_runs_a_config_and_prints_the_validation_figures(tmp_path, capsys):
+    (tmp_path / "stem.json").write_text(json.dumps({"width": 8, "images": 16, "videos": 0, "validation_images": 8,
+                                                    "validation_videos": 0, "batch_size": 8, "eval_every": 5}))
+    assert main(["train", "stem", "--config", str(tmp_path / "stem.json"), "--max-steps", "5", "--seed", "1",
+                 "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "step 5: loss" in out and "validation: image: shape " in out
+    report = json.loads((tmp_path / "out" / "stem_report.json").read_text())
+    assert report["config"]["max_steps"] == 5 and report["config"]["seed"] == 1 and report["config"]["width"] == 8
