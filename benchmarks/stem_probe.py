@@ -45,7 +45,8 @@ def main() -> None:
 
     def read(split: str, items: int, length: int, name: str):
         base = WorldDataset(WorldDataConfig(split=split, modality="image", length=length))
-        return frames_and_targets(cached_latents(cache / name, ae, base, items), base, items, 8, 4)
+        return frames_and_targets(cached_latents(cache / name, ae, base, items), base, items,
+                                  ae.config.spatial_compression, ae.config.temporal_compression)
 
     x, y = read("train", args.images, 100_000, "image.safetensors")
     vx, vy = read("validation", args.validation, args.validation, "validation-image.safetensors")

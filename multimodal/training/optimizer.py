@@ -106,6 +106,11 @@ def _is_muon_param(name: str, p: nn.Parameter) -> bool:
         name.endswith("embed.weight") or name == "head.weight" or name.endswith(".head.weight") or leaf == "tid2eid")
 
 
+def under(name: str, prefix: str) -> bool:
+    """Whether parameter `name` is `prefix` or lies under it ("visual_stem.out" holds "visual_stem.out.weight")."""
+    return name == prefix or name.startswith(prefix + ".")
+
+
 def param_groups(model: nn.Module, weight_decay: float, muon: bool, engram_lr_mult: float = 5.0,
                  lr_scales: dict[str, float] | None = None) -> dict[str, list[dict]]:
     """{"adamw": [decay, no_decay, engram groups, then those of `lr_scales` (the non-empty ones)], "muon": [group] or
@@ -115,13 +120,13 @@ def param_groups(model: nn.Module, weight_decay: float, muon: bool, engram_lr_mu
     parts: dict[str, list[nn.Parameter]] = {"muon": [], "decay": [], "no_decay": [], "engram": []}
     scaled: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for prefix in lr_scales or {}:
-        if not any(n == prefix or n.startswith(prefix + ".") for n, p in model.named_parameters() if p.requires_grad):
+        if not any(under(n, prefix) for n, p in model.named_parameters() if p.requires_grad):
             raise ValueError(f"lr_scale {prefix!r}: no trainable parameter of the model is named so")
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        prefix = next((k for k in lr_scales or {} if name == k or name.startswith(k + ".")), None)
+        prefix = next((k for k in lr_scales or {} if under(name, k)), None)
         if prefix is not None:
             scaled.setdefault((prefix, p.ndim >= 2 and not _is_norm(name)), []).append(p)
         elif is_engram_table(name):

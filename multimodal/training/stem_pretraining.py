@@ -29,7 +29,6 @@ the validation accuracies; `<out>/stem_report.json` has the same figures and the
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ from ..config_keys import check
 from ..data.world import COLOURS, DIGIT_SHAPES, SHAPES, SIZES, WorldSample
 from ..io.atomic import atomic_path
 from ..visual_stem import VisualStem
+from .schedule import WarmupCosine
 
 IGNORE = -100
 SHAPE_CLASSES = ("none",) + SHAPES            # what a cell holds
@@ -153,10 +153,9 @@ def frames_and_targets(data, base, items: int, cell: int, temporal: int) -> tupl
     ([N, C, h, w] float32, [N, 3, h, w] int64)."""
     frames, targets = [], []
     for i in range(min(items, len(data))):
-        z = data[i]["latents"]                                                           # [C, T', h, w]
-        sample = base.sample(data.indices[i])
-        frames.append(z.transpose(0, 1))
-        targets.append(cell_targets(sample, z.shape[1], tuple(z.shape[2:]), cell, temporal))
+        z = data.latents[data.offsets[i]:data.offsets[i + 1]]          # [T', C, h, w] (no caption: `data[i]` draws one)
+        frames.append(z)
+        targets.append(cell_targets(base.sample(data.indices[i]), z.shape[0], tuple(z.shape[2:]), cell, temporal))
     return torch.cat(frames), torch.cat(targets)
 
 
@@ -243,7 +242,7 @@ def pretrain_stem(config: StemPretrainConfig, out: str | Path,
     reader = StemReader(x.shape[1], config.width).to(device)
     opt = torch.optim.AdamW(reader.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
-    warmup = max(1, min(100, config.max_steps // 10))
+    schedule = WarmupCosine(config.lr, max(1, min(100, config.max_steps // 10)), config.max_steps, 0.1)
     curve, order, pos = [], torch.randperm(len(x), generator=gen), 0
     t0 = time.perf_counter()
     for step in range(1, config.max_steps + 1):
@@ -251,10 +250,8 @@ def pretrain_stem(config: StemPretrainConfig, out: str | Path,
             order, pos = torch.randperm(len(x), generator=gen), 0
         idx = order[pos:pos + config.batch_size]
         pos += config.batch_size
-        frac = (step - warmup) / max(1, config.max_steps - warmup)
-        lr = config.lr * (step / warmup if step <= warmup else 0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
-        for group in opt.param_groups:
-            group["lr"] = lr
+        schedule.apply(opt)
+        schedule.advance()
         loss = reader.loss(x[idx].to(device), y[idx].to(device))
         if step == 1:
             first_loss = loss.item()

@@ -57,7 +57,7 @@ from .config import TrainConfig
 from .ema import EMA
 from .learning_curve import learning_curve_panels, plot_learning_curve
 from .metrics import MetricsLog, plot_metrics, read_metrics
-from .optimizer import build_optimizer
+from .optimizer import build_optimizer, under
 from .precision import choose_precision
 from .schedule import WarmupCosine
 from .tasks import TEXT_TASKS, SampleStream, TaskMix, TextTask, caption_of
@@ -289,7 +289,7 @@ class Trainer:
         names = [name for name, _ in model.named_parameters()]
         frozen = 0
         for prefix in self.config.freeze:
-            hits = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+            hits = [n for n in names if under(n, prefix)]
             if not hits:
                 raise ValueError(f"freeze {prefix!r}: no parameter of the model is named so (e.g. "
                                  f"{', '.join(names[:3])}, ...)")
