@@ -44,7 +44,7 @@ def test_presets():
     backbones = {"debug": "debug", "tiny": "tiny", "mix-debug": "debug", "mix-tiny": "tiny", "shapes-demo": "tiny",
                  "shapes-demo-2": "tiny", "shapes-demo-3": "tiny", "shapes-demo-4": "tiny",
                  "shapes-demo-5": "tiny", "shapes-demo-6": "tiny", "shapes-demo-7": "tiny",
-                 "shapes-gpu": "tiny"}
+                 "shapes-demo-8": "tiny", "shapes-demo-9": "tiny", "shapes-gpu": "tiny"}
     assert set(TRAIN_PRESETS) == set(backbones)
     for name in TRAIN_PRESETS:
         cfg = train_preset(name)
@@ -63,6 +63,13 @@ def test_presets():
     assert stage7.replace(seed=9, visual_stem=None, visual_stem_init="", freeze=[], lr_scale={}) == stage6
     assert stage7.freeze == ["visual_stem.conv1", "visual_stem.conv2"]
     assert stage7.visual_stem == 64 and stage7.visual_stem_init.endswith("visual_stem.safetensors")
+    stage8 = train_preset("shapes-demo-8")           # stage 7's recipe from its weights (the stem already in them)
+    assert stage8.replace(seed=10, visual_stem=64, visual_stem_init=stage7.visual_stem_init,
+                          tasks=stage7.tasks) == stage7
+    assert stage8.tasks["text_to_image"] == 0.25 and stage8.freeze == stage7.freeze
+    stage9 = train_preset("shapes-demo-9")           # the flow heads alone on stage 8's backbone
+    assert set(stage9.tasks) == {"text_to_image", "text_to_video"} and stage9.lr_scale == {}
+    assert "backbone" in stage9.freeze and not any(p.endswith("_head") for p in stage9.freeze)
     with pytest.raises(ValueError, match="resident_data needs latent_cache"):
         TrainConfig(tasks={"text_to_image": 1.0}, resident_data=True)
     with pytest.raises(ValueError, match=r"unknown tasks \['image_to_speech'\]"):

@@ -207,3 +207,19 @@ def test_a_grown_stem_takes_pretrained_convolutions(tmp_path, bf16_pipeline):
     CausalAutoencoder(AutoencoderConfig(channels=(8, 16, 16), latent_channels=16)).save_pretrained(other)
     with pytest.raises(ValueError, match="pretrained on another autoencoder's latents than this run's"):
         Trainer(_media(visual_stem=8, visual_stem_init=stem_file, autoencoder=str(other)), tmp_path / "ae", **QUIET)
+
+
+def test_heads_only_stage_trains_the_flow_heads_alone(tmp_path, bf16_pipeline):
+    """`HEADS_ONLY_FREEZE` (stage 9's `freeze`) names every part of the model but the two flow heads: a generation
+    run with it moves both heads and leaves every other parameter exactly as loaded, stem included."""
+    from multimodal.training.config import HEADS_ONLY_FREEZE
+
+    run = Trainer(_media(init_from=str(bf16_pipeline), visual_stem=8, max_steps=2, freeze=list(HEADS_ONLY_FREEZE),
+                         tasks={"text_to_image": 1.0, "text_to_video": 1.0}, flow_repeats={"image": 4, "video": 2}),
+                  tmp_path / "heads", **QUIET)
+    trainable = {n for n, p in run.model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("image_head.", "video_head.")) for n in trainable)
+    start = {n: p.detach().clone() for n, p in run.model.named_parameters()}
+    run.train()
+    moved = {n for n, p in run.model.named_parameters() if not torch.equal(p.detach(), start[n])}
+    assert {n.split(".")[0] for n in moved} == {"image_head", "video_head"}
