@@ -343,9 +343,10 @@ TRAIN_PRESETS["shapes-demo-8"] = {**copy.deepcopy(TRAIN_PRESETS["shapes-demo-7"]
 
 # its ninth stage: the flow heads alone on stage 8's backbone. Every part the heads read is frozen, so an update runs
 # no backward pass through the backbone and each backbone pass feeds four image / two clip noise draws: 2.5x the image
-# rows and 6.3x the clip rows per minute of stage 8's mixed update (3.6 against 2.3 s per update of 64 samples). A linear probe on stage 7's 16 image query states reads both
-# objects' colours and the relation of 500 validation relation prompts at 100% (shapes 95%): the condition holds
-# what a relation needs, and the heads are what draws it wrong (docs/quality.md, "The heads alone"). It starts from
+# rows and 6.3x the clip rows per minute of stage 8's mixed update (3.6 against 2.3 s per update of 64 samples). A
+# linear probe on stage 7's 16 image query states reads both objects' colours and the relation of 500 validation
+# relation prompts at 100% (shapes 95%): the condition holds what a relation needs, and the heads are what draw it
+# wrong (docs/quality.md, "The heads alone"). It starts from
 # stage 8's own export (relative to the folder the run starts in, as the README's reproduction runs it), not a shipped
 # copy: stage 8 was not shipped on its own.
 HEADS_ONLY_FREEZE = ["backbone", "visual_stem", "visual_in", "visual_pos", "modality_embed", "image_queries",
