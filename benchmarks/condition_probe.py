@@ -5,7 +5,7 @@ prompts (docs/quality.md, "The heads alone").
 
 For the first `--train` relation prompts of the world's train split and the first `--validation` of its validation
 split ("a red circle to the left of a yellow square"), the backbone encodes each prompt the way the text-to-image
-pipeline does (`UnifiedModel.encode_prompts`: the states at the Nq image query tokens, [Nq, dim], the image head's
+pipeline does (its `encode_prompt`: the states at the Nq image query tokens, [Nq, dim], the image head's
 condition). Logistic regressions (scikit-learn, L2 C=0.1, standardised features) learn five labels from the train
 prompts' states and are scored on the validation prompts': the first object's colour and shape, the second's, and the
 relation. Two feature sets: all Nq states flattened, and their mean (what the head's adaLN receives). A label read at
@@ -46,8 +46,8 @@ def relation_prompts(split: str, n: int) -> tuple[list[str], np.ndarray]:
 
 @torch.no_grad()
 def conditions(pipe: TextToImagePipeline, captions: list[str], batch: int = 128) -> torch.Tensor:
-    """Captions -> the image head's conditions [n, Nq, dim] float32."""
-    out = [pipe.model.encode_prompts([pipe.tokenizer.encode(c) for c in captions[i:i + batch]], "image").float()
+    """Captions -> the image head's conditions [n, Nq, dim] float32 (the pipeline's own `encode_prompt`)."""
+    out = [pipe.encode_prompt(captions[i:i + batch], None, 1, do_cfg=False)[0].float()
            for i in range(0, len(captions), batch)]
     return torch.cat(out)
 
