@@ -43,7 +43,7 @@ from .config import BackboneConfig, preset
 from .config_keys import reject_unknown_keys
 from .decoders.flow import FlowHeadConfig, flow_matching_loss, grid_position_features
 from .decoders.image import ImageHead
-from .decoders.text import GenerationConfig, TextGenerationResult, generate_text
+from .decoders.text import GENERATION_CONFIG_FILE, GenerationConfig, TextGenerationResult, generate_text
 from .tokenizers.patchify import patchify
 from .decoders.video import VideoHead
 from .visual_stem import VisualStem
@@ -237,6 +237,9 @@ class UnifiedModel(nn.Module):
         self.visual_stem = VisualStem(cfg.latent_channels, cfg.visual_stem, p, dim) if cfg.visual_stem else None
         self.image_head = ImageHead(cfg.image_head)
         self.video_head = VideoHead(cfg.video_head)
+        # the decoding defaults its text was trained for (`generation_config.json`; the pipelines read the fields
+        # their callers leave at None)
+        self.generation_config = GenerationConfig()
 
     @property
     def device(self) -> torch.device:
@@ -506,7 +509,8 @@ class UnifiedModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Write `config.json` and `model.safetensors` into folder `path`, each atomically (temp file + rename)."""
+        """Write `config.json` and `model.safetensors` (and `generation_config.json` when the decoding defaults are not
+        the plain ones) into folder `path`, each atomically (temp file + rename)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         with atomic_path(path / "model.safetensors") as tmp:
@@ -514,6 +518,12 @@ class UnifiedModel(nn.Module):
         text = json.dumps(self.config.to_dict(), indent=2) + "\n"
         with atomic_path(path / "config.json") as tmp:
             Path(tmp).write_text(text)
+        generation = self.generation_config.to_diff_dict()
+        if generation:
+            with atomic_path(path / GENERATION_CONFIG_FILE) as tmp:
+                Path(tmp).write_text(json.dumps(generation, indent=2) + "\n")
+        else:                                              # a stale file would give the folder another model's defaults
+            (path / GENERATION_CONFIG_FILE).unlink(missing_ok=True)
         return path
 
     @classmethod
@@ -533,6 +543,8 @@ class UnifiedModel(nn.Module):
                              f"unexpected {sorted(unexpected)}")
         # rotary tables computed on the CPU and moved, as for a model built on the CPU (the same bits everywhere)
         model.backbone.rotary = nn.ModuleDict(Transformer._rotaries(config.backbone)).to(device)
+        if (path / GENERATION_CONFIG_FILE).is_file():
+            model.generation_config = GenerationConfig.from_json_file(path / GENERATION_CONFIG_FILE)
         if dtype is not None:
             model = model.to(dtype)
         return model.eval()

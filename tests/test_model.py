@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -198,3 +200,21 @@ def test_packed_batches_equal_segment_batches(model, kind):
         assert torch.equal(labels[i, 2 + n:3 + n + len(cap)], torch.tensor(cap + [eos]))
     with torch.no_grad():
         assert torch.equal(model._caption_loss_by_segments(list(z), kind, caps), model.caption_loss(z, kind, caps))
+
+
+def test_decoding_defaults_save_with_the_model_and_a_stale_file_goes(model, tmp_path):
+    from multimodal.decoders.text import GENERATION_CONFIG_FILE
+
+    assert model.generation_config == GenerationConfig()
+    model.save_pretrained(tmp_path / "m")
+    assert not (tmp_path / "m" / GENERATION_CONFIG_FILE).exists()          # plain defaults write no file
+    trained = UnifiedModel.from_pretrained(tmp_path / "m")
+    trained.generation_config = GenerationConfig(no_immediate_repeat=True)
+    trained.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / GENERATION_CONFIG_FILE).read_text()) == {"no_immediate_repeat": True}
+    assert UnifiedModel.from_pretrained(tmp_path / "m").generation_config.no_immediate_repeat
+    model.save_pretrained(tmp_path / "m")                                   # the same folder, plain defaults again
+    assert not (tmp_path / "m" / GENERATION_CONFIG_FILE).exists()
+    (tmp_path / "m" / GENERATION_CONFIG_FILE).write_text('{"no_repeat_ngram_size": 2}')
+    with pytest.raises(ValueError, match="no_repeat_ngram_size"):
+        UnifiedModel.from_pretrained(tmp_path / "m")

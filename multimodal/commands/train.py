@@ -32,9 +32,9 @@ def add_parser(sub) -> None:
                    help="what to train (default: model); stem: a visual stem's convolutions as a reader of the "
                         "world's objects (training/stem_pretraining.py)")
     p.add_argument("--preset", default=None,
-                   help="training preset: debug, tiny (text only), mix-debug, mix-tiny, shapes-demo, shapes-demo-2, "
-                        "shapes-demo-3, shapes-demo-4, shapes-demo-5, shapes-demo-6, shapes-demo-7, shapes-gpu "
-                        "(all tasks); default debug")
+                   help="training preset: debug, tiny (text only), mix-debug, mix-tiny, shapes-gpu, and shapes-demo, "
+                        "shapes-demo-2, shapes-demo-3, ... (all tasks: the built-in model's stages, each in the "
+                        "README's reproduction); an unknown name lists them all; default debug")
     p.add_argument("--config", default=None, help="JSON file of TrainConfig fields")
     p.add_argument("--data", default=None, help="'world', or a folder / .jsonl of (image or video, caption) pairs")
     p.add_argument("--out", required=True, help="output folder (checkpoints, metrics, final model)")

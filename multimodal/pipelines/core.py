@@ -171,10 +171,16 @@ class PipelineCore:
 
     def generate_text(self, samples: list[list[Segment]], max_new_tokens: int, do_sample: bool, temperature: float,
                       top_k: int, top_p: float, repetition_penalty: float, stop_strings: str | list[str] | None,
-                      stop_token_ids: list[int] | None, generator, min_new_tokens: int = 0):
-        """Decode text after each sample with the text head (one prefill, then the caches) -> `text_output`."""
+                      stop_token_ids: list[int] | None, generator, min_new_tokens: int = 0,
+                      no_immediate_repeat: bool | None = None):
+        """Decode text after each sample with the text head (one prefill, then the caches) -> `text_output`.
+
+        `no_immediate_repeat=None` takes the model's default (its folder's `generation_config.json`; off without one)."""
+        if no_immediate_repeat is None:
+            no_immediate_repeat = self.model.generation_config.no_immediate_repeat
         cfg = GenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=do_sample,
                                temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
+                               no_immediate_repeat=no_immediate_repeat,
                                stop_strings=tuple([stop_strings] if isinstance(stop_strings, str) else stop_strings or ()),
                                stop_token_ids=tuple(stop_token_ids or ()), eos_token_id=self.tokenizer.eos_id,
                                vocab_limit=self.tokenizer.vocab_size)

@@ -54,6 +54,7 @@ class ImageCaption(PipelineCore):
         top_k: int = 0,
         top_p: float = 1.0,
         repetition_penalty: float = 1.0,
+        no_immediate_repeat: bool | None = None,
         stop_strings: str | list[str] | None = None,
         stop_token_ids: list[int] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -63,7 +64,8 @@ class ImageCaption(PipelineCore):
     ) -> TextResult | tuple:
         """Returns `TextPipelineOutput(text, tokens, finish_reason)` (or `(text,)`), one caption per image.
 
-        `prompt` (optional) is text placed after the image, e.g. a question."""
+        `prompt` (optional) is text placed after the image, e.g. a question. `no_immediate_repeat` (a token never
+        directly follows itself): None takes the model's `generation_config.json` (on for the built-in model)."""
         # 1. pixels -> latents (all images share one size, so the batch needs no padding)
         latents = self.encode_images(image, height, width)                              # [B, C, 1, h, w]
         # 2. sequences: <bos> <begin_image> visual tokens <end_image> [prompt]
@@ -71,5 +73,5 @@ class ImageCaption(PipelineCore):
         samples = self.model.caption_samples(list(latents), "image", prompts)
         # 3. prefill once, decode with the caches
         out = self.generate_text(samples, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
-                                 stop_strings, stop_token_ids, generator, min_new_tokens)
+                                 stop_strings, stop_token_ids, generator, min_new_tokens, no_immediate_repeat)
         return out if return_dict else (out.text,)

@@ -57,6 +57,7 @@ class VideoCaption(PipelineCore):
         top_k: int = 0,
         top_p: float = 1.0,
         repetition_penalty: float = 1.0,
+        no_immediate_repeat: bool | None = None,
         stop_strings: str | list[str] | None = None,
         stop_token_ids: list[int] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -67,7 +68,8 @@ class VideoCaption(PipelineCore):
     ) -> TextResult | tuple:
         """Returns `TextPipelineOutput(text, tokens, finish_reason)` (or `(text,)`), one caption per video.
 
-        `prompt` (optional) is text placed after the video, e.g. a question."""
+        `prompt` (optional) is text placed after the video, e.g. a question. `no_immediate_repeat` (a token never
+        directly follows itself): None takes the model's `generation_config.json` (on for the built-in model)."""
         # 1. frames -> latents (same frame count and size for every clip, so the batch needs no padding)
         latents = self.encode_videos(video, num_frames, height, width)                 # [B, C, T', h, w]
         # 2. sequences: <bos> <begin_video> visual tokens <end_video> [prompt]
@@ -75,5 +77,5 @@ class VideoCaption(PipelineCore):
         samples = self.model.caption_samples(list(latents), "video", prompts)
         # 3. prefill once, decode with the caches
         out = self.generate_text(samples, max_new_tokens, do_sample, temperature, top_k, top_p, repetition_penalty,
-                                 stop_strings, stop_token_ids, generator, min_new_tokens)
+                                 stop_strings, stop_token_ids, generator, min_new_tokens, no_immediate_repeat)
         return out if return_dict else (out.text,)

@@ -359,6 +359,16 @@ TRAIN_PRESETS["shapes-demo-9"] = {**copy.deepcopy(TRAIN_PRESETS["shapes-demo-8"]
                                          max_steps=450, eval_every=225, save_every=150)}
 
 
+# its tenth stage: stage 8's recipe again (seed 17, 2,000 updates) from stage 9's shipped weights, with the mix moved
+# towards image captions, the floor furthest away (77.5% exact on test against 85%): stage 8's caption curve was still
+# rising at its end (exact image / clip captions 69 -> 71.5% / 69 -> 76% on validation over 1,200 updates) while its
+# pictures stayed within noise, and stage 9 showed that more flow-loss rows alone do not move the pictures
+SHAPES_STAGE10_MIX = {"text_to_image": 0.20, "text_to_video": 0.10, "image_to_text": 0.35, "video_to_text": 0.30,
+                      "text": 0.05}
+TRAIN_PRESETS["shapes-demo-10"] = {**copy.deepcopy(TRAIN_PRESETS["shapes-demo-8"]),
+                                   **dict(init_from="shapes", seed=17, tasks=dict(SHAPES_STAGE10_MIX),
+                                          max_steps=2000, eval_every=500, save_every=250)}
+
 def train_preset(name: str) -> TrainConfig:
     """A fresh `TrainConfig` for a named training preset: one of `TRAIN_PRESETS`."""
     if name not in TRAIN_PRESETS:

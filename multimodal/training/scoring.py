@@ -80,7 +80,8 @@ def caption_scores(trainer: "Trainer") -> dict[str, float]:
 
     tok = trainer.tokenizer
     gen_cfg = GenerationConfig(max_new_tokens=CAPTION_TOKENS, do_sample=False, eos_token_id=tok.eos_id,
-                               vocab_limit=tok.vocab_size)
+                               vocab_limit=tok.vocab_size,            # the model's own default, as its pipelines decode
+                               no_immediate_repeat=trainer.model.generation_config.no_immediate_repeat)
     results: dict[str, float] = {}
     for name, kind, n in _scored(trainer, "caption"):
         items = validation_items(trainer.val_data[kind], True, n, 0)

@@ -265,6 +265,8 @@ class Trainer:
             model = Transformer(self.model_config()).to(self.device)
         if self.warm is not None:
             tensors, self.warm.tensors = self.warm.tensors, None     # from here on only the model holds them
+            if self.warm.generation_config is not None:              # its decoding defaults go on to the export
+                model.generation_config = self.warm.generation_config
             if self._resume_from is None:
                 missing, unexpected = model.load_state_dict(tensors, strict=False)
                 grown = [k for k in missing if k.startswith("visual_stem.")]

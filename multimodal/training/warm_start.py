@@ -31,6 +31,7 @@ class WarmStart:
     tensors: dict[str, torch.Tensor] | None   # its fp32 state dict, until the run's model takes it (then None)
     tokenizer_file: Path
     autoencoder_file: Path | None        # the pipeline's autoencoder, None for text-only checkpoints
+    generation_config: Any = None        # the unified model's decoding defaults (GenerationConfig), kept by its export
 
     @property
     def backbone(self) -> BackboneConfig:
@@ -47,7 +48,7 @@ def load_warm_start(name_or_path: str, media: bool) -> WarmStart:
         model = UnifiedModel.from_pretrained(path / "model")             # fp32, whatever the stored dtype
         vae = path / "vae" / "autoencoder.safetensors"
         return WarmStart(path, model.config, model.state_dict(), path / "tokenizer" / "tokenizer.json",
-                         vae if vae.is_file() else None)
+                         vae if vae.is_file() else None, model.generation_config)
     from ..convert.checkpoint import load_pretrained
     path = Path(name_or_path)
     for name in ("config.json", "tokenizer.json"):

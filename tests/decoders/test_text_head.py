@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -111,3 +112,52 @@ def test_min_new_tokens_blocks_eos_until_reached(backbone):
     assert len(held.tokens[0]) >= 4 and toks[0] not in held.tokens[0][:4]
     with pytest.raises(ValueError, match="min_new_tokens"):
         GenerationConfig(max_new_tokens=2, min_new_tokens=3)
+
+
+def test_no_immediate_repeat_blocks_only_each_rows_previous_token():
+    logits = torch.tensor([[0.0, 3.0, 9.0, 1.0], [0.0, 3.0, 9.0, 1.0], [0.0, 3.0, 9.0, 1.0]])
+    seen = torch.zeros(3, 4, dtype=torch.bool)
+    cfg = GenerationConfig(no_immediate_repeat=True)
+    last = torch.tensor([2, 1, -1])                  # row 0 just wrote the best token, row 1 another, row 2 nothing
+    scores = process_logits(logits, seen, cfg, last)
+    assert scores[0, 2] == float("-inf") and scores[1, 1] == float("-inf")
+    assert torch.equal(scores[0, [0, 1, 3]], logits[0, [0, 1, 3]]) and torch.equal(scores[2], logits[2])
+    assert choose_tokens(scores, cfg, [None] * 3).tolist() == [1, 2, 2]
+    off = process_logits(logits, seen, GenerationConfig(), last)
+    assert torch.equal(off, logits)
+
+
+def test_no_immediate_repeat_stops_a_stutter_and_changes_nothing_before_it(backbone):
+    """The untrained debug backbone stutters under greedy decoding for some prompts: with the block no token follows
+    itself (the prompt's last token included), and every token before the first stutter is unchanged."""
+    stutters = []
+    for k in range(3, 60):
+        toks = run(backbone, GenerationConfig(max_new_tokens=12), [0, k]).tokens[0]
+        seq = [k] + toks
+        first = next((i for i in range(1, len(seq)) if seq[i] == seq[i - 1]), None)
+        if first is not None:
+            stutters.append((k, toks, first - 1))    # index in toks of the first repeated token
+    assert stutters, "no prompt made the debug backbone repeat a token"
+    for k, toks, at in stutters[:5]:
+        fixed = run(backbone, GenerationConfig(max_new_tokens=12, no_immediate_repeat=True), [0, k]).tokens[0]
+        seq = [k] + fixed
+        assert all(a != b for a, b in zip(seq, seq[1:])), (k, fixed)
+        assert fixed[:at] == toks[:at] and fixed[at] != toks[at]
+
+
+def test_generation_config_round_trips_through_its_json_file(tmp_path):
+    cfg = GenerationConfig(no_immediate_repeat=True, stop_strings=("\n",), max_new_tokens=20)
+    assert cfg.to_diff_dict() == {"max_new_tokens": 20, "no_immediate_repeat": True, "stop_strings": ["\n"]}
+    assert GenerationConfig().to_diff_dict() == {}
+    path = tmp_path / "generation_config.json"
+    path.write_text(json.dumps(cfg.to_diff_dict()))
+    assert GenerationConfig.from_json_file(path) == cfg
+    path.write_text('{"no_immediate_repeat": true, "no_repeat": 1}')
+    with pytest.raises(ValueError, match=r"generation_config.json.*'no_repeat'"):
+        GenerationConfig.from_json_file(path)
+    path.write_text('{"no_immediate_repeat": tru')
+    with pytest.raises(ValueError, match="generation_config.json: not valid JSON"):
+        GenerationConfig.from_json_file(path)
+    path.write_text('{"temperature": 0}')
+    with pytest.raises(ValueError, match="temperature"):
+        GenerationConfig.from_json_file(path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -72,3 +74,25 @@ def test_text_generation_stops_seeds_and_equal_length_batches(pipe):
     assert gen(prompts, max_new_tokens=5).tokens == [gen(p, max_new_tokens=5).tokens[0] for p in prompts]
     (texts,) = gen(prompts, max_new_tokens=3, return_dict=False)
     assert len(texts) == 2
+
+
+def test_no_immediate_repeat_defaults_to_the_models_generation_config(pipe):
+    """None takes the model's `generation_config`; the text pipelines share one decoding path, so the tiny model's
+    stutter ("... 179 179 179 179") shows it through text generation, and the caption pipelines pass the setting on."""
+    gen = TextGenerationPipeline.from_pipe(pipe)
+    prompts = ["a red circle", "two small", "digit", "moves"]
+    plain = gen(prompts, max_new_tokens=16, no_immediate_repeat=False).tokens
+    blocked = gen(prompts, max_new_tokens=16, no_immediate_repeat=True).tokens
+    assert any(a == b for row in plain for a, b in zip(row, row[1:]))
+    assert all(a != b for row in blocked for a, b in zip(row, row[1:]))
+    assert gen(prompts, max_new_tokens=16).tokens == plain                 # the tiny model's default: off
+    saved = pipe.model.generation_config
+    try:
+        pipe.model.generation_config = dataclasses.replace(saved, no_immediate_repeat=True)
+        assert gen(prompts, max_new_tokens=16).tokens == blocked
+        assert gen(prompts, max_new_tokens=16, no_immediate_repeat=False).tokens == plain
+        video, image = clip(7), clip(8, frames=1)[0]
+        for cap, x in ((VideoCaptionPipeline.from_pipe(pipe), video), (ImageCaptionPipeline.from_pipe(pipe), image)):
+            assert cap(x, max_new_tokens=10).tokens == cap(x, max_new_tokens=10, no_immediate_repeat=True).tokens
+    finally:
+        pipe.model.generation_config = saved

@@ -44,7 +44,8 @@ def test_presets():
     backbones = {"debug": "debug", "tiny": "tiny", "mix-debug": "debug", "mix-tiny": "tiny", "shapes-demo": "tiny",
                  "shapes-demo-2": "tiny", "shapes-demo-3": "tiny", "shapes-demo-4": "tiny",
                  "shapes-demo-5": "tiny", "shapes-demo-6": "tiny", "shapes-demo-7": "tiny",
-                 "shapes-demo-8": "tiny", "shapes-demo-9": "tiny", "shapes-gpu": "tiny"}
+                 "shapes-demo-8": "tiny", "shapes-demo-9": "tiny", "shapes-demo-10": "tiny",
+                 "shapes-gpu": "tiny"}
     assert set(TRAIN_PRESETS) == set(backbones)
     for name in TRAIN_PRESETS:
         cfg = train_preset(name)
@@ -70,6 +71,11 @@ def test_presets():
     stage9 = train_preset("shapes-demo-9")           # the flow heads alone on stage 8's backbone
     assert set(stage9.tasks) == {"text_to_image", "text_to_video"} and stage9.lr_scale == {}
     assert "backbone" in stage9.freeze and not any(p.endswith("_head") for p in stage9.freeze)
+    stage10 = train_preset("shapes-demo-10")         # stage 8's recipe from stage 9's shipped weights, captions first
+    assert stage10.replace(init_from=stage8.init_from, seed=11, tasks=stage8.tasks, max_steps=1200, eval_every=300,
+                           save_every=300) == stage8
+    assert stage10.init_from == "shapes" and abs(sum(stage10.tasks.values()) - 1) < 1e-9
+    assert stage10.tasks["image_to_text"] > stage8.tasks["image_to_text"]
     with pytest.raises(ValueError, match="resident_data needs latent_cache"):
         TrainConfig(tasks={"text_to_image": 1.0}, resident_data=True)
     with pytest.raises(ValueError, match=r"unknown tasks \['image_to_speech'\]"):

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from multimodal.cli import main
+from multimodal.decoders.text import GenerationConfig
 from multimodal.pipelines.base import ModelNotFoundError, MultimodalPipeline, cast_keeping_fp32
 from multimodal.tokenizers.autoencoder import CausalAutoencoder
 from multimodal.tokenizers.config import AutoencoderConfig
@@ -25,8 +26,8 @@ QUIET = dict(log=lambda s: None)
 
 @pytest.fixture(scope="module")
 def bf16_pipeline(tmp_path_factory):
-    """A 2-update unified-model run's pipeline (small autoencoder), saved again with its weights cast to bf16 the
-    way the built-in model ships."""
+    """A 2-update unified-model run's pipeline (small autoencoder), saved again with its weights cast to bf16 and
+    the decoding defaults of the built-in model (`generation_config.json`), the way it ships."""
     root = tmp_path_factory.mktemp("warm")
     torch.manual_seed(0)
     ae = root / "ae.safetensors"
@@ -40,6 +41,7 @@ def bf16_pipeline(tmp_path_factory):
         torch.set_num_threads(before)
     pipe = MultimodalPipeline.from_pretrained(root / "run" / "pipeline")
     cast_keeping_fp32(pipe.model, torch.bfloat16)
+    pipe.model.generation_config = GenerationConfig(no_immediate_repeat=True)
     return pipe.save_pretrained(root / "bf16")
 
 
@@ -71,6 +73,7 @@ def test_a_media_run_starts_from_the_pipeline(tmp_path, bf16_pipeline):
     assert any(not torch.equal(start[k], v) for k, v in trainer.model.state_dict().items())
     out = MultimodalPipeline.from_pretrained(tmp_path / "ft" / "pipeline")
     assert out.model.config.to_dict() == pipe.model.config.to_dict()
+    assert out.model.generation_config == pipe.model.generation_config == GenerationConfig(no_immediate_repeat=True)
 
 
 def test_resume_continues_from_the_checkpoint_not_the_start(tmp_path, bf16_pipeline):
