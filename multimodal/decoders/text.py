@@ -20,7 +20,7 @@ hold one token twice in a row, and its stage-9 weights stuttered without the blo
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -28,6 +28,7 @@ import torch
 
 from ..backbone.cache import BackboneCache
 from ..backbone.transformer import Transformer
+from ..config_keys import check, reject_unknown_keys
 
 GENERATION_CONFIG_FILE = "generation_config.json"
 
@@ -76,12 +77,9 @@ class GenerationConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "generation config") -> "GenerationConfig":
         """Fields by name; an unknown name is rejected naming it and `source`."""
-        if not isinstance(values, dict):
-            raise ValueError(f"{source}: expected a JSON object of generation settings, got {type(values).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown generation setting(s) {unknown}; known: {sorted(known)}")
+        check(isinstance(values, dict), f"{source}: expected a JSON object of generation settings, got "
+                                        f"{type(values).__name__}")
+        reject_unknown_keys(cls, values, f"{source}: GenerationConfig")
         return cls(**values)
 
     @classmethod
