@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from multimodal.training.config import TRAIN_PRESETS, TrainConfig, train_preset
+from multimodal.training.curriculum import Curriculum, parse_curriculum
 from multimodal.training.schedule import WarmupCosine
 
 
@@ -45,7 +46,7 @@ def test_presets():
                  "shapes-demo-2": "tiny", "shapes-demo-3": "tiny", "shapes-demo-4": "tiny",
                  "shapes-demo-5": "tiny", "shapes-demo-6": "tiny", "shapes-demo-7": "tiny",
                  "shapes-demo-8": "tiny", "shapes-demo-9": "tiny", "shapes-demo-10": "tiny",
-                 "shapes-gpu": "tiny"}
+                 "shapes-demo-11": "tiny", "shapes-gpu": "tiny"}
     assert set(TRAIN_PRESETS) == set(backbones)
     for name in TRAIN_PRESETS:
         cfg = train_preset(name)
@@ -76,6 +77,15 @@ def test_presets():
                            save_every=300) == stage8
     assert stage10.init_from == "shapes" and abs(sum(stage10.tasks.values()) - 1) < 1e-9
     assert stage10.tasks["image_to_text"] > stage8.tasks["image_to_text"]
+    stage11 = train_preset("shapes-demo-11")         # stage 10's recipe with image relations oversampled
+    assert stage11.replace(seed=17, tasks=stage10.tasks, curriculum=[]) == stage10
+    assert stage11.tasks["image_to_text"] > stage10.tasks["image_to_text"] and abs(sum(stage11.tasks.values()) - 1) < 1e-9
+    curriculum = Curriculum(parse_curriculum(stage11.curriculum, list(stage11.tasks)))
+    kinds = [curriculum.stages[curriculum.stage_at(step)].image for step in range(stage11.max_steps)]
+    assert kinds.count(("relation",)) == stage11.max_steps // 2          # half the updates on relation images alone
+    for step in range(stage11.eval_every, stage11.max_steps + 1, stage11.eval_every):
+        assert kinds[step - 1] == ("single", "count", "relation")       # every validation score follows every kind
+    assert all(s.video == ("still", "moving") and s.tasks is None for s in curriculum.stages)
     with pytest.raises(ValueError, match="resident_data needs latent_cache"):
         TrainConfig(tasks={"text_to_image": 1.0}, resident_data=True)
     with pytest.raises(ValueError, match=r"unknown tasks \['image_to_speech'\]"):
