@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,11 @@ class ModelConfig:
             head.cond_dim = self.backbone.hidden_size
         if self.image_head.max_latent_frames != 1:
             raise ValueError(f"image_head.max_latent_frames must be 1, got {self.image_head.max_latent_frames}")
+        if self.video_head.spatial_condition:
+            raise ValueError("video_head.spatial_condition: only the image head reads its condition as a grid")
+        if self.image_head.spatial_condition and math.isqrt(self.num_image_queries) ** 2 != self.num_image_queries:
+            raise ValueError(f"image_head.spatial_condition reads the image queries as a square grid; "
+                             f"num_image_queries={self.num_image_queries} is not a square")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -35,6 +35,13 @@ def test_config_json_round_trip_and_validation():
         cfg.replace(token_ids={**cfg.to_dict()["token_ids"], "pad": 10_000})
     with pytest.raises(ValueError, match="unknown ModelConfig keys"):
         ModelConfig.from_dict({"nonsense": 1})
+    spatial = cfg.replace(image_head={**cfg.image_head.to_dict(), "spatial_condition": True})
+    assert ModelConfig.from_dict(json.loads(json.dumps(spatial.to_dict()))) == spatial
+    with pytest.raises(ValueError, match="num_image_queries=6 is not a square"):
+        spatial.replace(num_image_queries=6)
+    old = cfg.to_dict()                    # a config.json written before the field: no spatial condition
+    del old["image_head"]["spatial_condition"]
+    assert ModelConfig.from_dict(old) == cfg
 
 
 def test_sequence_layout_counts_markers_visual_tokens_and_queries(model):
@@ -218,3 +225,24 @@ def test_decoding_defaults_save_with_the_model_and_a_stale_file_goes(model, tmp_
     (tmp_path / "m" / GENERATION_CONFIG_FILE).write_text('{"no_repeat_ngram_size": 2}')
     with pytest.raises(ValueError, match="no_repeat_ngram_size"):
         UnifiedModel.from_pretrained(tmp_path / "m")
+
+
+def test_a_spatial_condition_saves_loads_and_conditions_the_image_head(tmp_path):
+    """`image_head.spatial_condition`: the head's new projection saves and loads with the model, and once trained
+    the image velocity depends on which query state lies over which region."""
+    cfg = model_preset("debug")
+    torch.manual_seed(0)
+    model = UnifiedModel(cfg.replace(image_head={**cfg.image_head.to_dict(), "spatial_condition": True})).eval()
+    with torch.no_grad():
+        for layer in (model.image_head.spatial_proj, model.image_head.patch_out):
+            layer.weight.normal_(std=0.2)
+    model.save_pretrained(tmp_path / "m")
+    again = UnifiedModel.from_pretrained(tmp_path / "m")
+    assert again.config.image_head.spatial_condition
+    cond = model.encode_prompts([[5, 6, 7]], "image")                                # [1, Nq, 32]
+    x, t = torch.randn(1, 16, 1, 8, 8), torch.tensor([500.0])
+    with torch.no_grad():
+        v = model.image_head(x, t, cond)
+        torch.testing.assert_close(again.image_head(x, t, cond), v, atol=0, rtol=0)
+        flipped = model.image_head(x, t, cond.flip(1))                              # the grid turned round
+    assert (flipped - v).abs().mean() > 1e-3

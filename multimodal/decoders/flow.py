@@ -7,7 +7,15 @@ arXiv 2212.09748; the "flow head" of Show-o2, reference/multimodal.md §1) that 
 - the timestep `t = 1000 sigma` (the value diffusers' `FlowMatchEulerDiscreteScheduler` hands a model), through a
   sinusoidal embedding and adaLN-Zero shift/scale/gate in every block, to which the mean of the condition tokens is
   added (a pooled condition, as Flux adds its pooled text vector);
-- the backbone's hidden states at the learned query tokens [B, Nq, cond_dim], through cross-attention.
+- the backbone's hidden states at the learned query tokens [B, Nq, cond_dim], through cross-attention;
+- with `spatial_condition` (image heads), those same tokens read as a square grid over the image, row-major: each
+  is added, through a projection that starts at zero, to the head tokens of its region (nearest-neighbour upsampling
+  of the [sqrt(Nq), sqrt(Nq)] grid to the head's token grid). Cross-attention hands every head token the same
+  condition, so where each object goes is left to the head; a head too small to settle a layout draws two objects
+  of one prompt alike (the built-in model draws 'a red circle to the left of a yellow circle' as two yellow circles;
+  docs/quality.md, "The heads alone"). On the spatial grid the backbone, which reads the prompt, can say what belongs
+  where, and the head draws each region from its own token. Starting at zero, it can be added to a trained head
+  (`TrainConfig.flow_head` with `init_from`) without changing what it computes until training moves it.
 
 The head's raw output is the velocity itself (`prediction="velocity"`, the default) or a clean latent x0_hat
 (`prediction="x0"`, JiT's x-prediction, Li & He, arXiv 2511.13720), which `forward` turns into the velocity
@@ -58,6 +66,7 @@ class FlowHeadConfig:
     position_frequencies: int = 16       # sinusoidal frequencies per position axis (time, row, column)
     max_latent_frames: int = 1           # 1 for the image head; > 1 lets the head denoise video latents
     prediction: str = "velocity"         # what the network outputs: "velocity" or "x0" (turned into a velocity)
+    spatial_condition: bool = False      # also add each condition token to the head tokens of its region (images)
 
     def __post_init__(self) -> None:
         for name in ("latent_channels", "patch_size", "width", "depth", "num_heads", "cond_dim", "frequency_dim",
@@ -70,6 +79,9 @@ class FlowHeadConfig:
             raise ValueError(f"flow head prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}")
         if self.frequency_dim % 2:
             raise ValueError(f"flow head frequency_dim must be even, got {self.frequency_dim}")
+        if self.spatial_condition and self.max_latent_frames != 1:
+            raise ValueError(f"flow head spatial_condition reads its condition as one frame's grid; it needs "
+                             f"max_latent_frames=1 (an image head), got {self.max_latent_frames}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -100,6 +112,21 @@ def grid_position_features(frames: int, rows: int, cols: int, n_freq: int, devic
         args = axis.reshape(-1, 1).float() * freqs                                     # [N, F]
         parts += [torch.sin(args), torch.cos(args)]
     return torch.cat(parts, dim=-1)                                                     # [N, 6F]
+
+
+def condition_grid(cond: torch.Tensor, cond_mask: torch.Tensor | None, rows: int, cols: int) -> torch.Tensor:
+    """cond [B, M, W] read as a square grid of sqrt(M) x sqrt(M) tokens (row-major) over the image -> [B, rows*cols, W]:
+    each of the head's `rows` x `cols` tokens (row-major) takes the token of the region it lies in (nearest-neighbour
+    upsampling). Masked tokens (`cond_mask` [B, M] False) give zeros."""
+    b, m, w = cond.shape
+    g = math.isqrt(m)
+    if g * g != m:
+        raise ValueError(f"spatial_condition reads the condition tokens as a square grid, got {m} tokens")
+    if cond_mask is not None:
+        cond = cond * cond_mask.to(cond.dtype).unsqueeze(-1)
+    grid = cond.transpose(1, 2).reshape(b, w, g, g)                                    # [B, W, g, g]
+    grid = F.interpolate(grid, size=(rows, cols), mode="nearest")                      # [B, W, rows, cols]
+    return grid.flatten(2).transpose(1, 2)                                             # [B, rows*cols, W]
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -179,11 +206,13 @@ class FlowTransformer(nn.Module):
         self.cond_norm = RMSNorm(cfg.cond_dim, eps=1e-6)
         self.cond_proj = nn.Linear(cfg.cond_dim, w)
         self.pool_proj = nn.Linear(w, w)
+        self.spatial_proj = nn.Linear(w, w) if cfg.spatial_condition else None
         self.blocks = nn.ModuleList(FlowBlock(cfg) for _ in range(cfg.depth))
         self.norm_out = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Linear(w, 2 * w)
         self.patch_out = nn.Linear(w, cfg.latent_channels * p * p)
-        for layer in (self.ada_out, self.patch_out):     # adaLN-Zero: the untrained head predicts v = 0
+        zero = [self.ada_out, self.patch_out] + ([self.spatial_proj] if self.spatial_proj is not None else [])
+        for layer in zero:          # adaLN-Zero: the untrained head predicts v = 0; a new spatial condition adds 0
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -213,6 +242,8 @@ class FlowTransformer(nn.Module):
         else:
             m = cond_mask.to(dtype).unsqueeze(-1)
             pooled = (cond_tokens * m).sum(1) / m.sum(1).clamp(min=1)
+        if self.spatial_proj is not None:
+            x = x + self.spatial_proj(condition_grid(cond_tokens, cond_mask, h // p, w // p))  # [B, N, W]
         emb = self.time_mlp(timestep_features(timestep, cfg.frequency_dim).to(dtype)) + self.pool_proj(pooled)
         for block in self.blocks:
             x = block(x, emb, cond_tokens, cond_mask)

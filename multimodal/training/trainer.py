@@ -207,6 +207,8 @@ class Trainer:
         stem = self.config.visual_stem
         if self.warm is not None and self.trains_media:
             config = self.warm.config
+            if self.grows_spatial_condition():      # a new spatial condition on the checkpoint's image head
+                config = config.replace(image_head={**config.image_head.to_dict(), "spatial_condition": True})
             if stem is None or stem == config.visual_stem:
                 return config
             if config.visual_stem:
@@ -225,6 +227,11 @@ class Trainer:
                                   "latent_channels": channels} for kind in ("image", "video")}
         stems = {} if stem is None else {"visual_stem": stem}
         return config.replace(backbone=self.backbone_config(), latent_channels=channels, **heads, **stems)
+
+    def grows_spatial_condition(self) -> bool:
+        """True when the run adds `spatial_condition` to an `init_from` model's image head that has none."""
+        asked = self.config.flow_head_overrides("image").get("spatial_condition") is True
+        return asked and self.warm is not None and not self.warm.config.image_head.spatial_condition
 
     def cache_latents(self) -> None:
         """With `latent_cache`: the image and video training data of the media tasks become their first N items'
@@ -270,7 +277,9 @@ class Trainer:
             if self._resume_from is None:
                 missing, unexpected = model.load_state_dict(tensors, strict=False)
                 grown = [k for k in missing if k.startswith("visual_stem.")]
-                if unexpected or set(missing) - set(grown) or (grown and self.warm.config.visual_stem):
+                spatial = [k for k in missing if k.startswith("image_head.spatial_proj.")]
+                if (unexpected or set(missing) - set(grown) - set(spatial) or (grown and self.warm.config.visual_stem)
+                        or (spatial and not self.grows_spatial_condition())):
                     raise ValueError(f"init_from {self.warm.path}: weights do not fit the model: missing "
                                      f"{sorted(missing)}, unexpected {sorted(unexpected)}")
                 self.log(f"starting from the weights of {self.warm.path}")
@@ -279,6 +288,10 @@ class Trainer:
                     self.log(f"a new visual stem ({model.config.visual_stem} channels, {count:,} parameters) on "
                              f"its model: its output projection starts at zero, so the model computes what the "
                              f"checkpoint did until training moves it")
+                if spatial:
+                    count = sum(model.get_parameter(k).numel() for k in spatial)
+                    self.log(f"a new spatial condition on its image head ({count:,} parameters): its projection "
+                             f"starts at zero, so the model computes what the checkpoint did until training moves it")
         if self.config.visual_stem_init and self._resume_from is None:
             self.load_pretrained_stem(model)
         self.freeze_parameters(model)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from multimodal.decoders.flow import FlowHeadConfig, flow_matching_loss, grid_position_features
+from multimodal.decoders.flow import FlowHeadConfig, condition_grid, flow_matching_loss, grid_position_features
 from multimodal.decoders.image import ImageHead
 from multimodal.decoders.video import VideoHead, latent_frames
 
@@ -148,3 +148,36 @@ def test_x0_prediction_returns_the_velocity_its_clean_latent_implies():
 def test_unknown_prediction_is_rejected_by_name():
     with pytest.raises(ValueError, match="prediction must be one of velocity, x0, got 'eps'"):
         small(prediction="eps")
+
+
+def test_spatial_condition_puts_each_token_on_its_region():
+    """The condition read as a square grid, row-major, upsampled by nearest neighbour onto the head's token grid."""
+    cond = torch.arange(4.0).view(1, 4, 1).expand(2, 4, 3)                          # token k holds k
+    grid = condition_grid(cond, None, 4, 6)                                          # [2, 24, 3]
+    expected = torch.tensor([[0, 0, 0, 1, 1, 1]] * 2 + [[2, 2, 2, 3, 3, 3]] * 2, dtype=torch.float32)
+    assert torch.equal(grid[..., 0].view(2, 4, 6), expected.expand(2, 4, 6))
+    masked = condition_grid(cond, torch.tensor([[True, False, True, True]] * 2), 4, 6)
+    assert torch.equal(masked[0, :, 0].view(4, 6)[:2, 3:], torch.zeros(2, 3))       # a masked token gives zeros
+    with pytest.raises(ValueError, match="square grid, got 5 tokens"):
+        condition_grid(torch.randn(1, 5, 3), None, 4, 4)
+
+
+def test_spatial_condition_starts_at_zero_then_conditions_by_region():
+    """A head grown with `spatial_condition` computes what the head without it computes until its projection moves;
+    then a change of one condition token changes the velocity most where that token's region lies."""
+    plain = ImageHead(small()).eval()
+    randomise(plain)
+    grown = ImageHead(small(spatial_condition=True)).eval()
+    missing, unexpected = grown.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == ["spatial_proj.bias", "spatial_proj.weight"] and not unexpected
+    x, t, c = torch.randn(2, 4, 1, 8, 8), torch.tensor([200.0, 800.0]), torch.randn(2, 4, 8)
+    with torch.no_grad():
+        assert torch.equal(plain(x, t, c), grown(x, t, c))
+        grown.spatial_proj.weight.copy_(torch.eye(32) * 3)
+        base = grown(x, t, c)
+        c2 = c.clone()
+        c2[:, 3] += 5.0                                                              # the bottom-right token
+        change = (grown(x, t, c2) - base).abs().mean(dim=(0, 1, 2))                 # [8, 8]
+    assert change[4:, 4:].mean() > 2 * change[:4, :4].mean()
+    with pytest.raises(ValueError, match="spatial_condition reads its condition as one frame's grid"):
+        FlowHeadConfig(max_latent_frames=5, spatial_condition=True)

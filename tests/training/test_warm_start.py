@@ -226,3 +226,35 @@ def test_heads_only_stage_trains_the_flow_heads_alone(tmp_path, bf16_pipeline):
     run.train()
     moved = {n for n, p in run.model.named_parameters() if not torch.equal(p.detach(), start[n])}
     assert {n.split(".")[0] for n in moved} == {"image_head", "video_head"}
+
+
+def test_a_spatial_condition_grows_on_a_checkpoint_without_one(tmp_path, bf16_pipeline):
+    """`flow_head={"image": {"spatial_condition": true}}` with `init_from`: the checkpoint's weights everywhere else,
+    a new zero projection that leaves the first batch's image flow loss as the checkpoint's; training moves it; the
+    run's pipeline keeps it; switching it off on a model that has one is refused by name."""
+    spatial = {"image": {"spatial_condition": True}}
+    plain = Trainer(_media(init_from=str(bf16_pipeline), max_steps=3), tmp_path / "plain", **QUIET)
+    grown = Trainer(_media(init_from=str(bf16_pipeline), max_steps=3, flow_head=spatial,
+                           tasks={"text_to_image": 1.0}), tmp_path / "grown", **QUIET)
+    assert grown.model.config.image_head.spatial_condition and not plain.model.config.image_head.spatial_condition
+    plain_state, grown_state = plain.model.state_dict(), grown.model.state_dict()
+    assert set(grown_state) - set(plain_state) == {"image_head.spatial_proj.weight", "image_head.spatial_proj.bias"}
+    for key, value in plain_state.items():
+        assert torch.equal(grown_state[key], value), key
+    ids = plain.model.config.token_ids
+    z = torch.randn(2, 16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        losses = [t.model.generation_loss([[ids.bos, 20, 21]] * 2, z, "image",
+                                          generator=torch.Generator().manual_seed(1)) for t in (plain, grown)]
+    assert torch.equal(*losses)
+    start = grown.model.image_head.spatial_proj.weight.clone()
+    grown.train()
+    assert not torch.equal(start, grown.model.image_head.spatial_proj.weight)
+    out = MultimodalPipeline.from_pretrained(tmp_path / "grown" / "pipeline")
+    assert out.model.config.image_head.spatial_condition
+    again = Trainer(_media(init_from=str(tmp_path / "grown" / "pipeline"), flow_head=spatial), tmp_path / "same",
+                    **QUIET)
+    assert torch.equal(again.model.image_head.spatial_proj.weight, out.model.image_head.spatial_proj.weight.float())
+    with pytest.raises(ValueError, match="flow_head.image.spatial_condition: True -> False"):
+        Trainer(_media(init_from=str(tmp_path / "grown" / "pipeline"),
+                       flow_head={"image": {"spatial_condition": False}}), tmp_path / "off", **QUIET)
