@@ -39,6 +39,8 @@ def test_config_json_round_trip_and_validation():
     assert ModelConfig.from_dict(json.loads(json.dumps(spatial.to_dict()))) == spatial
     with pytest.raises(ValueError, match="num_image_queries=6 is not a square"):
         spatial.replace(num_image_queries=6)
+    with pytest.raises(ValueError, match="video_head.spatial_condition: only the image head"):
+        cfg.replace(video_head={**cfg.video_head.to_dict(), "max_latent_frames": 1, "spatial_condition": True})
     old = cfg.to_dict()                    # a config.json written before the field: no spatial condition
     del old["image_head"]["spatial_condition"]
     assert ModelConfig.from_dict(old) == cfg

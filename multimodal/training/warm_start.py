@@ -73,13 +73,13 @@ def _differences(base: dict[str, Any], overrides: dict[str, Any], prefix: str = 
 
 def check_overrides(warm: WarmStart, model: dict[str, Any], flow_heads: dict[str, dict[str, Any]]) -> None:
     """ValueError naming every `model` (BackboneConfig) or per-head `flow_heads` override that disagrees with the
-    checkpoint's architecture. `spatial_condition: true` is not a disagreement: the run grows it on the checkpoint's
-    head (`Trainer.model_config`)."""
+    checkpoint's architecture. `spatial_condition: true` on the image head is not a disagreement: the run grows it on
+    the checkpoint's head, starting at zero (`Trainer.model_config`)."""
     diffs = [f"model.{d}" for d in _differences(warm.backbone.to_dict(), model)]
     for kind, overrides in flow_heads.items():
         if overrides and hasattr(warm.config, f"{kind}_head"):
             head = getattr(warm.config, f"{kind}_head").to_dict()
-            if overrides.get("spatial_condition") is True:         # a part grown on the checkpoint's head (at zero)
+            if kind == "image" and overrides.get("spatial_condition") is True:   # grown on the checkpoint's head
                 head["spatial_condition"] = True
             diffs += [f"flow_head.{kind}.{d}" for d in _differences(head, overrides)]
     if diffs:

@@ -255,6 +255,9 @@ def test_a_spatial_condition_grows_on_a_checkpoint_without_one(tmp_path, bf16_pi
     again = Trainer(_media(init_from=str(tmp_path / "grown" / "pipeline"), flow_head=spatial), tmp_path / "same",
                     **QUIET)
     assert torch.equal(again.model.image_head.spatial_proj.weight, out.model.image_head.spatial_proj.weight.float())
+    with pytest.raises(ValueError, match="flow_head.video.spatial_condition: False -> True"):   # images only
+        Trainer(_media(init_from=str(bf16_pipeline), flow_head={"spatial_condition": True}), tmp_path / "both",
+                **QUIET)
     with pytest.raises(ValueError, match="flow_head.image.spatial_condition: True -> False"):
         Trainer(_media(init_from=str(tmp_path / "grown" / "pipeline"),
                        flow_head={"image": {"spatial_condition": False}}), tmp_path / "off", **QUIET)
