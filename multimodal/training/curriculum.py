@@ -8,12 +8,17 @@
 | `image`   | the image items it trains on, by kind: any of `single`, `count`, `relation` (default: all)        |
 | `video`   | the clips it trains on: `still` (every object stays still) and/or `moving` (default: both)        |
 | `tasks`   | task weights while it runs (default: the run's `tasks`); only tasks the run trains               |
+| `narrow`  | the media tasks `image` / `video` apply to (default: all); the others draw from every item        |
 
 For example single objects, then counts, then relations, with still clips first:
 
     [{"updates": 100, "image": ["single"], "video": ["still"]},
      {"updates": 100, "image": ["single", "count"]},
      {}]
+
+Relation images for the image captions alone, every kind for the pictures:
+
+    [{"updates": 250, "image": ["relation"], "narrow": ["image_to_text"]}, {}]
 
 An item's kind is read from its caption with the world's grammar (`multimodal.eval.captions.parse_caption`), so a
 curriculum needs captions in that grammar. The text task is never narrowed. Each stage draws its items from a fresh
@@ -29,26 +34,33 @@ import torch
 
 IMAGE_STAGES = ("single", "count", "relation")
 VIDEO_STAGES = ("still", "moving")
-STAGE_KEYS = ("updates", "image", "video", "tasks")
+STAGE_KEYS = ("updates", "image", "video", "tasks", "narrow")
 ITEM_STAGES = {"image": IMAGE_STAGES, "video": VIDEO_STAGES}
 
 
 @dataclass(frozen=True)
 class CurriculumStage:
-    """One stage: `updates` (None = to the end of the run), the item kinds it allows per media kind, its mix."""
+    """One stage: `updates` (None = to the end of the run), the item kinds it allows per media kind, its mix, and the
+    media tasks it narrows (None = every one)."""
 
     updates: int | None
     image: tuple[str, ...] = IMAGE_STAGES
     video: tuple[str, ...] = VIDEO_STAGES
     tasks: dict[str, float] | None = field(default=None, hash=False)
+    narrow: tuple[str, ...] | None = None
 
-    def allows(self, kind: str) -> tuple[str, ...]:
-        """The item kinds this stage trains on for media kind `kind` ("image" / "video")."""
+    def allows(self, kind: str, task: str | None = None) -> tuple[str, ...]:
+        """The item kinds this stage trains on for media kind `kind` ("image" / "video"), for task `task` when given
+        (a task the stage does not narrow trains on every kind)."""
+        if task is not None and self.narrow is not None and task not in self.narrow:
+            return ITEM_STAGES[kind]
         return self.image if kind == "image" else self.video
 
     def describe(self, media: tuple[str, ...] = ("image", "video")) -> str:
         """The stage in words, e.g. "image single, count; video still", for the media kinds the run trains."""
         parts = [f"{m} {', '.join(self.allows(m))}" for m in ("image", "video") if m in media]
+        if self.narrow is not None:
+            parts.append("for " + ", ".join(self.narrow))
         if self.tasks is not None:
             parts.append("tasks " + ", ".join(f"{n} {w:g}" for n, w in self.tasks.items()))
         return "; ".join(parts)
@@ -91,7 +103,17 @@ def parse_curriculum(stages: Any, task_names: tuple[str, ...] | list[str]) -> li
             if any(not isinstance(w, (int, float)) or not w >= 0 for w in tasks.values()) or sum(tasks.values()) <= 0:
                 raise ValueError(f"{where}: task weights must be >= 0 and not all 0, got {tasks}")
             tasks = {str(n): float(w) for n, w in tasks.items()}
-        parsed.append(CurriculumStage(updates, kinds["image"], kinds["video"], tasks))
+        narrow = stage.get("narrow")
+        if narrow is not None:
+            from .media_tasks import MEDIA_TASKS
+            if isinstance(narrow, str) or not isinstance(narrow, (list, tuple)) or not narrow:
+                raise ValueError(f"{where}: 'narrow' must be a non-empty list of media task names, got {narrow!r}")
+            bad = sorted(str(n) for n in narrow if n not in MEDIA_TASKS or n not in task_names)
+            if bad:
+                raise ValueError(f"{where}: unknown task(s) {bad} in 'narrow'; the run's media tasks are "
+                                 f"{sorted(n for n in task_names if n in MEDIA_TASKS)}")
+            narrow = tuple(sorted(set(narrow)))
+        parsed.append(CurriculumStage(updates, kinds["image"], kinds["video"], tasks, narrow))
     return parsed
 
 
@@ -139,9 +161,10 @@ class Curriculum:
             self.labels[media] = [item_stage(caption(i), media) for i in range(length)]
         return self.labels[media]
 
-    def subset(self, index: int, media: str) -> torch.Tensor:
-        """Indices [n] of the labelled `media` items that stage `index` trains on (`label_items` first)."""
-        allowed = set(self.stages[index].allows(media))
+    def subset(self, index: int, media: str, task: str | None = None) -> torch.Tensor:
+        """Indices [n] of the labelled `media` items that stage `index` trains on, for `task` when given (`label_items`
+        first)."""
+        allowed = set(self.stages[index].allows(media, task))
         chosen = [i for i, kind in enumerate(self.labels[media]) if kind in allowed]
         if not chosen:
             raise ValueError(f"curriculum stage {index + 1}: none of the {len(self.labels[media])} {media} training "

@@ -403,7 +403,7 @@ class Trainer:
             kind = getattr(self.tasks[name], "kind", None)
             if kind is None:
                 continue
-            subset = self.curriculum.subset(index, kind)
+            subset = self.curriculum.subset(index, kind, name)
             self.streams[name] = SampleStream(len(subset), seed=cfg.seed * 31 + i + 7919 * index, subset=subset)
         weights = stage.tasks if stage.tasks is not None else cfg.tasks
         self.mix = TaskMix({n: weights.get(n, 0.0) for n in self.tasks}, cfg.seed)

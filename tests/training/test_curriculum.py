@@ -40,6 +40,11 @@ def _train_records(out) -> list[dict]:
     ([{"updates": 0}], r"'updates' must be an integer > 0, got 0"),
     ([{"updates": 2, "image": "single"}], r"'image' must be a non-empty list"),
     ([{"updates": 2, "tasks": {"text": 0.0}}], r"task weights must be >= 0 and not all 0"),
+    ([{"updates": 2, "narrow": ["image_to_txt"]}], r"unknown task\(s\) \['image_to_txt'\] in 'narrow'; the run's "
+                                                    r"media tasks are \['text_to_image'\]"),
+    ([{"updates": 2, "narrow": ["text"]}], r"unknown task\(s\) \['text'\] in 'narrow'"),
+    ([{"updates": 2, "narrow": ["video_to_text"]}], r"unknown task\(s\) \['video_to_text'\] in 'narrow'"),
+    ([{"updates": 2, "narrow": "text_to_image"}], r"'narrow' must be a non-empty list of media task names"),
 ])
 def test_bad_curricula_are_rejected_by_name(tiny_config, stages, message):
     cfg = tiny_config.replace(tasks={"text": 1.0, "text_to_image": 1.0, "video_to_text": 0.0})
@@ -127,6 +132,35 @@ def test_each_stage_draws_its_items_and_mix_and_resume_continues_exactly(tmp_pat
     assert resumed.step == 3 and resumed.stage == 1
     resumed.train()
     assert [r["loss"] for r in _train_records(tmp_path / "cut")] == [r["loss"] for r in records]
+
+
+def test_a_stage_narrowing_some_tasks_leaves_the_others_every_item(tmp_path, tiny_config, autoencoder_file,
+                                                                   monkeypatch):
+    """`narrow`: relation images for the image captions alone; the pictures keep drawing every kind."""
+    stages = [{"updates": 3, "image": ["relation"], "narrow": ["image_to_text"]}]
+    cfg = _media(tiny_config, autoencoder_file, max_steps=3, latent_cache={"image": 40, "video": 12}, curriculum=stages,
+                 tasks={"text_to_image": 1.0, "image_to_text": 1.0})
+    logs: list[str] = []
+    trainer = Trainer(cfg, tmp_path / "n", log=logs.append)
+    drawn: dict[str, list[int]] = {"text_to_image": [], "image_to_text": []}
+    take = SampleStream.take
+
+    def spy(stream, n):
+        indices = take(stream, n)
+        name = next((k for k, s in trainer.streams.items() if s is stream), None)
+        drawn.setdefault(name, []).extend(indices)
+        return indices
+
+    monkeypatch.setattr(SampleStream, "take", spy)
+    trainer.train()
+    labels = trainer.curriculum.labels["image"]
+    assert drawn["image_to_text"] and {labels[i] for i in drawn["image_to_text"]} == {"relation"}
+    assert trainer.streams["text_to_image"].length == 40
+    assert trainer.streams["image_to_text"].length == labels.count("relation") < 40
+    assert any("image relation; for image_to_text" in line for line in logs)
+    stage = trainer.curriculum.stages[0]
+    assert stage.allows("image", "text_to_image") == ("single", "count", "relation")
+    assert stage.allows("image", "image_to_text") == stage.allows("image") == ("relation",)
 
 
 def test_a_stage_with_resident_data_draws_only_its_items_on_the_device(tmp_path, tiny_config, autoencoder_file):

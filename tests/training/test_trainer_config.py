@@ -46,7 +46,7 @@ def test_presets():
                  "shapes-demo-2": "tiny", "shapes-demo-3": "tiny", "shapes-demo-4": "tiny",
                  "shapes-demo-5": "tiny", "shapes-demo-6": "tiny", "shapes-demo-7": "tiny",
                  "shapes-demo-8": "tiny", "shapes-demo-9": "tiny", "shapes-demo-10": "tiny",
-                 "shapes-demo-11": "tiny", "shapes-gpu": "tiny"}
+                 "shapes-demo-11": "tiny", "shapes-demo-12": "tiny", "shapes-gpu": "tiny"}
     assert set(TRAIN_PRESETS) == set(backbones)
     for name in TRAIN_PRESETS:
         cfg = train_preset(name)
@@ -86,6 +86,19 @@ def test_presets():
     for step in range(stage11.eval_every, stage11.max_steps + 1, stage11.eval_every):
         assert kinds[step - 1] == ("single", "count", "relation")       # every validation score follows every kind
     assert all(s.video == ("still", "moving") and s.tasks is None for s in curriculum.stages)
+    stage12 = train_preset("shapes-demo-12")         # stage 11's recipe, its relation blocks for the captions alone
+    assert stage12.replace(seed=18, tasks=stage11.tasks, max_steps=2000, eval_every=500, save_every=250,
+                           curriculum=stage11.curriculum) == stage11
+    assert stage12.tasks["text_to_image"] > stage11.tasks["text_to_image"] and abs(sum(stage12.tasks.values()) - 1) < 1e-9
+    curriculum = Curriculum(parse_curriculum(stage12.curriculum, list(stage12.tasks)))
+    for step in range(stage12.max_steps):
+        stage = curriculum.stages[curriculum.stage_at(step)]
+        assert stage.allows("image", "text_to_image") == ("single", "count", "relation")   # pictures: every kind
+    caption_kinds = [curriculum.stages[curriculum.stage_at(step)].allows("image", "image_to_text")
+                     for step in range(stage12.max_steps)]
+    assert caption_kinds.count(("relation",)) == stage12.max_steps // 2
+    for step in range(stage12.eval_every, stage12.max_steps + 1, stage12.eval_every):
+        assert caption_kinds[step - 1] == ("single", "count", "relation")
     with pytest.raises(ValueError, match="resident_data needs latent_cache"):
         TrainConfig(tasks={"text_to_image": 1.0}, resident_data=True)
     with pytest.raises(ValueError, match=r"unknown tasks \['image_to_speech'\]"):
