@@ -209,6 +209,9 @@ class Trainer:
             config = self.warm.config
             if self.grows_spatial_condition():      # a new spatial condition on the checkpoint's image head
                 config = config.replace(image_head={**config.image_head.to_dict(), "spatial_condition": True})
+            for kind, depth in self.grown_depths().items():     # new blocks after the checkpoint's
+                config = config.replace(**{f"{kind}_head": {**getattr(config, f"{kind}_head").to_dict(),
+                                                            "depth": depth}})
             if stem is None or stem == config.visual_stem:
                 return config
             if config.visual_stem:
@@ -232,6 +235,38 @@ class Trainer:
         """True when the run adds `spatial_condition` to an `init_from` model's image head that has none."""
         asked = self.config.flow_head_overrides("image").get("spatial_condition") is True
         return asked and self.warm is not None and not self.warm.config.image_head.spatial_condition
+
+    def grown_depths(self) -> dict[str, int]:
+        """Head kind -> the run's `flow_head.<kind>.depth` where it is above the `init_from` model's (its head grows
+        new blocks after the checkpoint's)."""
+        if self.warm is None or not self.trains_media:
+            return {}
+        grown = {}
+        for kind in ("image", "video"):
+            depth = self.config.flow_head_overrides(kind).get("depth")
+            if isinstance(depth, int) and depth > getattr(self.warm.config, f"{kind}_head").depth:
+                grown[kind] = depth
+        return grown
+
+    def grown_parts(self, model: nn.Module) -> list[tuple[tuple[str, ...], str]]:
+        """The parts this run grows on the `init_from` model, each as (its parameter-name prefixes, a log line with
+        `{count}` for its parameters). Each starts where the model computes what the checkpoint did: the visual stem's
+        and the spatial condition's projections at zero, new head blocks with their adaLN-Zero gates at zero."""
+        if self.warm is None or not self.trains_media:
+            return []
+        warm, parts = self.warm.config, []
+        if model.config.visual_stem and not warm.visual_stem:
+            parts.append((("visual_stem.",), f"a new visual stem ({model.config.visual_stem} channels, {{count:,}} "
+                                             f"parameters) on its model: its output projection starts at zero"))
+        if self.grows_spatial_condition():
+            parts.append((("image_head.spatial_proj.",), "a new spatial condition on its image head ({count:,} "
+                                                         "parameters): its projection starts at zero"))
+        for kind, depth in self.grown_depths().items():
+            have = getattr(warm, f"{kind}_head").depth
+            parts.append((tuple(f"{kind}_head.blocks.{i}." for i in range(have, depth)),
+                          f"{depth - have} new block(s) after the {have} of its {kind} head ({{count:,}} parameters): "
+                          f"their adaLN-Zero gates start at zero"))
+        return parts
 
     def cache_latents(self) -> None:
         """With `latent_cache`: the image and video training data of the media tasks become their first N items'
@@ -276,22 +311,16 @@ class Trainer:
                 model.generation_config = self.warm.generation_config
             if self._resume_from is None:
                 missing, unexpected = model.load_state_dict(tensors, strict=False)
-                grown = [k for k in missing if k.startswith("visual_stem.")]
-                spatial = [k for k in missing if k.startswith("image_head.spatial_proj.")]
-                if (unexpected or set(missing) - set(grown) - set(spatial) or (grown and self.warm.config.visual_stem)
-                        or (spatial and not self.grows_spatial_condition())):
+                grown = self.grown_parts(model)
+                new = tuple(prefix for prefixes, _ in grown for prefix in prefixes)
+                if unexpected or any(not key.startswith(new) for key in missing):
                     raise ValueError(f"init_from {self.warm.path}: weights do not fit the model: missing "
                                      f"{sorted(missing)}, unexpected {sorted(unexpected)}")
                 self.log(f"starting from the weights of {self.warm.path}")
-                if grown:
-                    count = sum(model.get_parameter(k).numel() for k in grown)
-                    self.log(f"a new visual stem ({model.config.visual_stem} channels, {count:,} parameters) on "
-                             f"its model: its output projection starts at zero, so the model computes what the "
-                             f"checkpoint did until training moves it")
-                if spatial:
-                    count = sum(model.get_parameter(k).numel() for k in spatial)
-                    self.log(f"a new spatial condition on its image head ({count:,} parameters): its projection "
-                             f"starts at zero, so the model computes what the checkpoint did until training moves it")
+                for prefixes, what in grown:
+                    count = sum(model.get_parameter(k).numel() for k in missing if k.startswith(prefixes))
+                    self.log(what.format(count=count) + ", so the model computes what the checkpoint did until "
+                                                        "training moves it")
         if self.config.visual_stem_init and self._resume_from is None:
             self.load_pretrained_stem(model)
         self.freeze_parameters(model)

@@ -73,14 +73,18 @@ def _differences(base: dict[str, Any], overrides: dict[str, Any], prefix: str = 
 
 def check_overrides(warm: WarmStart, model: dict[str, Any], flow_heads: dict[str, dict[str, Any]]) -> None:
     """ValueError naming every `model` (BackboneConfig) or per-head `flow_heads` override that disagrees with the
-    checkpoint's architecture. `spatial_condition: true` on the image head is not a disagreement: the run grows it on
-    the checkpoint's head, starting at zero (`Trainer.model_config`)."""
+    checkpoint's architecture. `spatial_condition: true` on the image head and a `depth` above the checkpoint's head's
+    are not disagreements: the run grows them on the checkpoint's head, starting where the model computes what the
+    checkpoint did (`Trainer.grown_parts`)."""
     diffs = [f"model.{d}" for d in _differences(warm.backbone.to_dict(), model)]
     for kind, overrides in flow_heads.items():
         if overrides and hasattr(warm.config, f"{kind}_head"):
             head = getattr(warm.config, f"{kind}_head").to_dict()
             if kind == "image" and overrides.get("spatial_condition") is True:   # grown on the checkpoint's head
                 head["spatial_condition"] = True
+            depth = overrides.get("depth")
+            if isinstance(depth, int) and not isinstance(depth, bool) and depth > head["depth"]:
+                head["depth"] = depth                     # deeper: new blocks grown after the checkpoint's
             diffs += [f"flow_head.{kind}.{d}" for d in _differences(head, overrides)]
     if diffs:
         raise ValueError(f"init_from {warm.path}: the run's architecture overrides disagree with the checkpoint's "

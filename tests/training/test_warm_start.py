@@ -261,3 +261,37 @@ def test_a_spatial_condition_grows_on_a_checkpoint_without_one(tmp_path, bf16_pi
     with pytest.raises(ValueError, match="flow_head.image.spatial_condition: True -> False"):
         Trainer(_media(init_from=str(tmp_path / "grown" / "pipeline"),
                        flow_head={"image": {"spatial_condition": False}}), tmp_path / "off", **QUIET)
+
+
+def test_a_head_grows_deeper_on_a_checkpoint(tmp_path, bf16_pipeline):
+    """`flow_head={"image": {"depth": d}}` above the checkpoint's head's depth with `init_from`: the checkpoint's
+    weights everywhere else, new blocks after its own whose zero adaLN gates leave the first batch's image flow loss
+    as the checkpoint's; training moves them; the run's pipeline keeps them; a shallower head is refused by name."""
+    have = MultimodalPipeline.from_pretrained(bf16_pipeline).model.config.image_head.depth
+    logs: list[str] = []
+    plain = Trainer(_media(init_from=str(bf16_pipeline), max_steps=3), tmp_path / "plain", **QUIET)
+    grown = Trainer(_media(init_from=str(bf16_pipeline), max_steps=3, flow_head={"image": {"depth": have + 2}},
+                           tasks={"text_to_image": 1.0}), tmp_path / "grown", log=logs.append)
+    assert grown.model.config.image_head.depth == have + 2 and grown.model.config.video_head.depth == \
+        plain.model.config.video_head.depth
+    plain_state, grown_state = plain.model.state_dict(), grown.model.state_dict()
+    new = {k for k in grown_state if k.startswith((f"image_head.blocks.{have}.", f"image_head.blocks.{have + 1}."))}
+    assert new and set(grown_state) - set(plain_state) == new
+    for key, value in plain_state.items():
+        assert torch.equal(grown_state[key], value), key
+    count = sum(grown_state[k].numel() for k in new)
+    assert any(f"2 new block(s) after the {have} of its image head ({count:,} parameters)" in line for line in logs)
+    ids = plain.model.config.token_ids
+    z = torch.randn(2, 16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        losses = [t.model.generation_loss([[ids.bos, 20, 21]] * 2, z, "image",
+                                          generator=torch.Generator().manual_seed(1)) for t in (plain, grown)]
+    assert torch.equal(*losses)
+    start = grown.model.image_head.blocks[have].ada.weight.clone()
+    grown.train()
+    assert not torch.equal(start, grown.model.image_head.blocks[have].ada.weight)
+    out = MultimodalPipeline.from_pretrained(tmp_path / "grown" / "pipeline")
+    assert out.model.config.image_head.depth == have + 2
+    with pytest.raises(ValueError, match=f"flow_head.image.depth: {have + 2} -> {have}"):
+        Trainer(_media(init_from=str(tmp_path / "grown" / "pipeline"), flow_head={"image": {"depth": have}}),
+                tmp_path / "shallower", **QUIET)
