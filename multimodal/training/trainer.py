@@ -55,6 +55,7 @@ from .balance import LoadTracker
 from .checkpoint import latest_checkpoint, load_checkpoint, restore_rng, rng_of, save_checkpoint
 from .config import TrainConfig
 from .ema import EMA
+from .growth import grown_model_config, grown_parts, load_grown
 from .learning_curve import learning_curve_panels, plot_learning_curve
 from .metrics import MetricsLog, plot_metrics, read_metrics
 from .optimizer import build_optimizer, under
@@ -204,21 +205,8 @@ class Trainer:
     def model_config(self):
         """`BackboneConfig` for text-only runs; the unified model's `ModelConfig` (heads sized by the preset, latent
         channels from the autoencoder) when a task sees pixels; with `init_from`, the checkpoint's."""
-        stem = self.config.visual_stem
         if self.warm is not None and self.trains_media:
-            config = self.warm.config
-            if self.grows_spatial_condition():      # a new spatial condition on the checkpoint's image head
-                config = config.replace(image_head={**config.image_head.to_dict(), "spatial_condition": True})
-            for kind, depth in self.grown_depths().items():     # new blocks after the checkpoint's
-                config = config.replace(**{f"{kind}_head": {**getattr(config, f"{kind}_head").to_dict(),
-                                                            "depth": depth}})
-            if stem is None or stem == config.visual_stem:
-                return config
-            if config.visual_stem:
-                raise ValueError(f"init_from {self.warm.path}: its model has a visual stem of {config.visual_stem} "
-                                 f"channels, the run asks for visual_stem={stem}; drop visual_stem, or start from "
-                                 f"scratch")
-            return config.replace(visual_stem=stem)          # a new stem on the checkpoint's model (`build_model`)
+            return grown_model_config(self.config, self.warm.config, self.warm.path)
         if not self.trains_media:
             return self.backbone_config()
         from ..model import TokenIds, model_preset
@@ -228,45 +216,8 @@ class Trainer:
         channels = self.autoencoder.config.latent_channels
         heads = {f"{kind}_head": {**getattr(config, f"{kind}_head").__dict__, **self.config.flow_head_overrides(kind),
                                   "latent_channels": channels} for kind in ("image", "video")}
-        stems = {} if stem is None else {"visual_stem": stem}
+        stems = {} if self.config.visual_stem is None else {"visual_stem": self.config.visual_stem}
         return config.replace(backbone=self.backbone_config(), latent_channels=channels, **heads, **stems)
-
-    def grows_spatial_condition(self) -> bool:
-        """True when the run adds `spatial_condition` to an `init_from` model's image head that has none."""
-        asked = self.config.flow_head_overrides("image").get("spatial_condition") is True
-        return asked and self.warm is not None and not self.warm.config.image_head.spatial_condition
-
-    def grown_depths(self) -> dict[str, int]:
-        """Head kind -> the run's `flow_head.<kind>.depth` where it is above the `init_from` model's (its head grows
-        new blocks after the checkpoint's)."""
-        if self.warm is None or not self.trains_media:
-            return {}
-        grown = {}
-        for kind in ("image", "video"):
-            depth = self.config.flow_head_overrides(kind).get("depth")
-            if isinstance(depth, int) and depth > getattr(self.warm.config, f"{kind}_head").depth:
-                grown[kind] = depth
-        return grown
-
-    def grown_parts(self, model: nn.Module) -> list[tuple[tuple[str, ...], str]]:
-        """The parts this run grows on the `init_from` model, each as (its parameter-name prefixes, a log line with
-        `{count}` for its parameters). Each starts where the model computes what the checkpoint did: the visual stem's
-        and the spatial condition's projections at zero, new head blocks with their adaLN-Zero gates at zero."""
-        if self.warm is None or not self.trains_media:
-            return []
-        warm, parts = self.warm.config, []
-        if model.config.visual_stem and not warm.visual_stem:
-            parts.append((("visual_stem.",), f"a new visual stem ({model.config.visual_stem} channels, {{count:,}} "
-                                             f"parameters) on its model: its output projection starts at zero"))
-        if self.grows_spatial_condition():
-            parts.append((("image_head.spatial_proj.",), "a new spatial condition on its image head ({count:,} "
-                                                         "parameters): its projection starts at zero"))
-        for kind, depth in self.grown_depths().items():
-            have = getattr(warm, f"{kind}_head").depth
-            parts.append((tuple(f"{kind}_head.blocks.{i}." for i in range(have, depth)),
-                          f"{depth - have} new block(s) after the {have} of its {kind} head ({{count:,}} parameters): "
-                          f"their adaLN-Zero gates start at zero"))
-        return parts
 
     def cache_latents(self) -> None:
         """With `latent_cache`: the image and video training data of the media tasks become their first N items'
@@ -310,17 +261,8 @@ class Trainer:
             if self.warm.generation_config is not None:              # its decoding defaults go on to the export
                 model.generation_config = self.warm.generation_config
             if self._resume_from is None:
-                missing, unexpected = model.load_state_dict(tensors, strict=False)
-                grown = self.grown_parts(model)
-                new = tuple(prefix for prefixes, _ in grown for prefix in prefixes)
-                if unexpected or any(not key.startswith(new) for key in missing):
-                    raise ValueError(f"init_from {self.warm.path}: weights do not fit the model: missing "
-                                     f"{sorted(missing)}, unexpected {sorted(unexpected)}")
-                self.log(f"starting from the weights of {self.warm.path}")
-                for prefixes, what in grown:
-                    count = sum(model.get_parameter(k).numel() for k in missing if k.startswith(prefixes))
-                    self.log(what.format(count=count) + ", so the model computes what the checkpoint did until "
-                                                        "training moves it")
+                parts = grown_parts(self.config, self.warm.config, model) if self.trains_media else []
+                load_grown(model, tensors, parts, self.warm.path, self.log)
         if self.config.visual_stem_init and self._resume_from is None:
             self.load_pretrained_stem(model)
         self.freeze_parameters(model)

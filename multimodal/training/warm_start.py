@@ -75,7 +75,7 @@ def check_overrides(warm: WarmStart, model: dict[str, Any], flow_heads: dict[str
     """ValueError naming every `model` (BackboneConfig) or per-head `flow_heads` override that disagrees with the
     checkpoint's architecture. `spatial_condition: true` on the image head and a `depth` above the checkpoint's head's
     are not disagreements: the run grows them on the checkpoint's head, starting where the model computes what the
-    checkpoint did (`Trainer.grown_parts`)."""
+    checkpoint did (`training/growth.py`)."""
     diffs = [f"model.{d}" for d in _differences(warm.backbone.to_dict(), model)]
     for kind, overrides in flow_heads.items():
         if overrides and hasattr(warm.config, f"{kind}_head"):

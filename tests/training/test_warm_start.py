@@ -51,6 +51,16 @@ def _media(**changes):
     return TrainConfig(**{**TINY, "tasks": tasks, "grad_accum": 3, **changes})
 
 
+def _assert_same_image_flow_loss(plain: Trainer, grown: Trainer) -> None:
+    """The two runs' models give the same image flow loss on one batch (same latents, prompts and noise)."""
+    ids = plain.model.config.token_ids
+    z = torch.randn(2, 16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        losses = [t.model.generation_loss([[ids.bos, 20, 21]] * 2, z, "image",
+                                          generator=torch.Generator().manual_seed(1)) for t in (plain, grown)]
+    assert torch.equal(*losses)
+
+
 def test_a_media_run_starts_from_the_pipeline(tmp_path, bf16_pipeline):
     pipe = MultimodalPipeline.from_pretrained(bf16_pipeline)
     stored = load_file(str(bf16_pipeline / "model" / "model.safetensors"))
@@ -241,12 +251,7 @@ def test_a_spatial_condition_grows_on_a_checkpoint_without_one(tmp_path, bf16_pi
     assert set(grown_state) - set(plain_state) == {"image_head.spatial_proj.weight", "image_head.spatial_proj.bias"}
     for key, value in plain_state.items():
         assert torch.equal(grown_state[key], value), key
-    ids = plain.model.config.token_ids
-    z = torch.randn(2, 16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        losses = [t.model.generation_loss([[ids.bos, 20, 21]] * 2, z, "image",
-                                          generator=torch.Generator().manual_seed(1)) for t in (plain, grown)]
-    assert torch.equal(*losses)
+    _assert_same_image_flow_loss(plain, grown)
     start = grown.model.image_head.spatial_proj.weight.clone()
     grown.train()
     assert not torch.equal(start, grown.model.image_head.spatial_proj.weight)
@@ -281,12 +286,7 @@ def test_a_head_grows_deeper_on_a_checkpoint(tmp_path, bf16_pipeline):
         assert torch.equal(grown_state[key], value), key
     count = sum(grown_state[k].numel() for k in new)
     assert any(f"2 new block(s) after the {have} of its image head ({count:,} parameters)" in line for line in logs)
-    ids = plain.model.config.token_ids
-    z = torch.randn(2, 16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        losses = [t.model.generation_loss([[ids.bos, 20, 21]] * 2, z, "image",
-                                          generator=torch.Generator().manual_seed(1)) for t in (plain, grown)]
-    assert torch.equal(*losses)
+    _assert_same_image_flow_loss(plain, grown)
     start = grown.model.image_head.blocks[have].ada.weight.clone()
     grown.train()
     assert not torch.equal(start, grown.model.image_head.blocks[have].ada.weight)
